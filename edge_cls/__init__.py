@@ -1,0 +1,34 @@
+"""edge-cls: turn a large image classifier into small, fast, checked artifacts for edge devices.
+
+The core (this package's top level: preprocessing, predictions, manifest) imports only numpy and
+pillow. Training needs the ``train`` extra, export the ``export`` extra, and each runtime its own.
+"""
+
+from .errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    EdgeClsError,
+    ExportError,
+    InvalidImageError,
+)
+from .predictions import Prediction
+from .preprocess import PreprocessSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArtifactError",
+    "BackendUnavailableError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "EdgeClsError",
+    "ExportError",
+    "InvalidImageError",
+    "Prediction",
+    "PreprocessSpec",
+    "__version__",
+]

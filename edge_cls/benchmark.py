@@ -1,0 +1,124 @@
+"""Latency, throughput, size and accuracy of artifacts, measured through the public runtime API.
+
+No torch here: the same code benchmarks an artifact on a device that has only one runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+@dataclass
+class BenchResult:
+    """One row of a benchmark table."""
+
+    name: str
+    backend: str
+    precision: str
+    runtime_precision: str
+    size_bytes: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    throughput_ips: float  # images per second at ``throughput_batch``
+    throughput_batch: int
+    top1: float | None = None
+    top1_agreement: float | None = None
+    images: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def time_calls(fn: Callable[[], object], *, warmup: int = 10, iterations: int = 100, max_seconds: float = 20.0) -> np.ndarray:
+    """Milliseconds per call of ``fn`` after ``warmup`` calls; stops early after ``max_seconds``."""
+    if warmup < 0 or iterations < 1:
+        raise ConfigError("warmup must be >= 0 and iterations >= 1")
+    for _ in range(warmup):
+        fn()
+    times = []
+    deadline = time.perf_counter() + max_seconds
+    for _ in range(iterations):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+        if time.perf_counter() > deadline and len(times) >= 10:
+            break
+    return np.asarray(times)
+
+
+def latency_and_throughput(
+    run: Callable[[np.ndarray], object], sample: np.ndarray, *, batch: int = 8, warmup: int = 10, iterations: int = 100
+) -> tuple[np.ndarray, float]:
+    """Batch-1 latencies (ms) and images/s at ``batch``, for any ``run(batch) -> logits``."""
+    one = np.ascontiguousarray(sample[:1])
+    latencies = time_calls(lambda: run(one), warmup=warmup, iterations=iterations)
+    many = np.ascontiguousarray(np.resize(sample, (batch, *sample.shape[1:])))
+    batch_times = time_calls(lambda: run(many), warmup=max(2, warmup // 4), iterations=max(10, iterations // 4))
+    return latencies, batch * 1e3 / float(np.median(batch_times))
+
+
+def directory_size(path: str | os.PathLike[str]) -> int:
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "manifest.json")
+
+
+def bench_artifact(
+    path: str | os.PathLike[str],
+    *,
+    data: tuple[np.ndarray, np.ndarray] | None = None,
+    reference_logits: np.ndarray | None = None,
+    batch: int = 8,
+    warmup: int = 10,
+    iterations: int = 100,
+    name: str | None = None,
+    **options: object,
+) -> BenchResult:
+    """Benchmark one artifact directory.
+
+    ``data`` is a preprocessed (batch, targets) pair for accuracy; without it a random input in
+    the spec's shape is timed and accuracy is left empty.
+    """
+    from .runtimes import load
+
+    with load(path, **options) as classifier:
+        if data is not None:
+            inputs, targets = data
+        else:
+            inputs = np.random.default_rng(0).standard_normal((batch, *classifier.spec.input_shape)).astype(np.float32)
+            targets = None
+        latencies, throughput = latency_and_throughput(
+            classifier.logits, inputs, batch=batch, warmup=warmup, iterations=iterations
+        )
+        top1 = agreement = None
+        if targets is not None:
+            logits = np.concatenate([classifier.logits(inputs[i:i + 64]) for i in range(0, len(inputs), 64)])
+            top1 = float((logits.argmax(1) == targets).mean())
+            if reference_logits is not None:
+                agreement = float((logits.argmax(1) == reference_logits.argmax(1)).mean())
+        manifest = classifier.manifest
+        return BenchResult(
+            name=name or Path(path).name,
+            backend=classifier.backend.name,
+            precision=manifest.precision,
+            runtime_precision=classifier.precision,
+            size_bytes=directory_size(path),
+            p50_ms=float(np.percentile(latencies, 50)),
+            p90_ms=float(np.percentile(latencies, 90)),
+            p99_ms=float(np.percentile(latencies, 99)),
+            throughput_ips=throughput,
+            throughput_batch=batch,
+            top1=top1,
+            top1_agreement=agreement,
+            images=0 if targets is None else int(len(targets)),
+        )

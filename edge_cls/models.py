@@ -1,0 +1,212 @@
+"""Models: timm creation, weights files, the preprocessing spec, and edge-cls checkpoints.
+
+Any timm model name works as teacher or student. One extra architecture is registered with
+timm's registry here: ``vit_convstem_tiny``, a small ViT whose patch embedding is a three-layer
+conv stem (Xiao et al. 2021, "Early convolutions help transformers see better"). A plain ViT
+trained from scratch on a few thousand images is weak; the conv stem makes the offline demo's
+teacher strong enough to teach.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+from timm.data import resolve_data_config
+from timm.models import generate_default_cfgs, register_model
+from timm.models.vision_transformer_hybrid import ConvStem, _create_vision_transformer_hybrid
+
+from ._fileio import atomic_path
+from .errors import CheckpointError, ConfigError
+from .preprocess import PreprocessSpec
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "edge-cls-checkpoint"
+CHECKPOINT_VERSION = 1
+
+default_cfgs = generate_default_cfgs({
+    "vit_convstem_tiny": {
+        "num_classes": 1000, "input_size": (3, 64, 64), "pool_size": None, "crop_pct": 0.9,
+        "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
+        "first_conv": "patch_embed.backbone.0.conv", "classifier": "head", "license": "apache-2.0",
+        "fixed_input_size": True,
+    },
+})
+
+
+@register_model
+def vit_convstem_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """ViT (dim 128, depth 4, 4 heads) on a stride-8 conv stem: 64 tokens at 64 px, 0.9M parameters."""
+    stem = ConvStem(
+        in_chans=kwargs.get("in_chans", 3), channels=(32, 64, 128), stride=(2, 2, 2), kernel_size=3, padding=1,
+        act_layer=nn.GELU,
+    )
+    model_args = {"embed_dim": 128, "depth": 4, "num_heads": 4, "img_size": 64}
+    return _create_vision_transformer_hybrid(
+        "vit_convstem_tiny", backbone=stem, pretrained=pretrained, **{**model_args, **kwargs}
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRecipe:
+    """What it takes to rebuild a model: timm name and keyword arguments."""
+
+    name: str
+    num_classes: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "num_classes": self.num_classes, "kwargs": dict(self.kwargs)}
+
+
+def create_model(
+    recipe: ModelRecipe, *, pretrained: bool = False, weights: str | os.PathLike[str] | None = None
+) -> nn.Module:
+    """Create a timm model: random init, hub weights (``pretrained``), or a local weights file."""
+    architecture = recipe.name.split(".")[0]  # "vit_base_patch16_224.augreg2_in21k_ft_in1k" -> architecture
+    if not timm.is_model(architecture):
+        close = timm.list_models(f"*{architecture[:10]}*")[:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        raise ConfigError(f"unknown timm model {recipe.name!r}{hint}; see timm.list_models()")
+    try:
+        model = timm.create_model(
+            recipe.name, pretrained=pretrained and weights is None, num_classes=recipe.num_classes, **recipe.kwargs
+        )
+    except (OSError, RuntimeError) as e:
+        if pretrained:
+            raise CheckpointError(
+                f"could not fetch pretrained weights for {recipe.name!r} ({e}); offline, pass a local "
+                "weights file instead"
+            ) from e
+        raise
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a timm or plain state dict (``.pth``, ``.pt``, ``.bin``, ``.safetensors``) into ``model``.
+
+    An edge-cls checkpoint works too. Keys or shapes that do not fit are listed in the error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if wrong_shape:
+            parts.append(f"shape mismatch for {len(wrong_shape)} keys ({'; '.join(wrong_shape[:3])})")
+        if missing:
+            parts.append(f"{len(missing)} keys missing from the file (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(
+            f"weights in {path} do not fit {type(model).__name__}: {'; '.join(parts)}. "
+            "Check the model name and the number of classes"
+        )
+    model.load_state_dict(state)
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch and safetensors raise many types for a bad file
+        raise CheckpointError(f"{path} is not a readable weights file ({type(e).__name__}: {e})") from e
+    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+        state = state["state_dict"]
+    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} does not hold a state dict of tensors")
+    return timm.models.clean_state_dict(state)
+
+
+def spec_for_model(model: nn.Module, *, input_size: int | None = None) -> PreprocessSpec:
+    """The preprocessing spec from a timm model's ``pretrained_cfg``, optionally at another size."""
+    args = {"input_size": (3, input_size, input_size)} if input_size else {}
+    return PreprocessSpec.from_data_config(resolve_data_config(args, model=model))
+
+
+@dataclass(kw_only=True)
+class Checkpoint:
+    """A trained model with everything an export needs: recipe, weights, spec, labels, metrics."""
+
+    recipe: ModelRecipe
+    state_dict: dict[str, torch.Tensor]
+    spec: PreprocessSpec
+    labels: list[str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """The model in eval mode with the checkpoint's weights."""
+        model = create_model(self.recipe)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write atomically: an interrupted save leaves the previous file intact."""
+        data = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "recipe": self.recipe.to_dict(),
+            "state_dict": self.state_dict,
+            "spec": self.spec.to_dict(),
+            "labels": list(self.labels),
+            "metrics": self.metrics,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(data, tmp)
+        return Path(path)
+
+    @classmethod
+    def from_model(
+        cls, model: nn.Module, recipe: ModelRecipe, spec: PreprocessSpec, labels: list[str], **metrics: Any
+    ) -> Checkpoint:
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return cls(recipe=recipe, state_dict=state, spec=spec, labels=list(labels), metrics=dict(metrics))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated zip, pickle errors, ...
+            raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
+        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{path} is not an edge-cls checkpoint; for a plain state dict use --weights with --model"
+            )
+        if data.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointError(f"{path} has checkpoint version {data.get('version')}, expected {CHECKPOINT_VERSION}")
+        recipe = data["recipe"]
+        return cls(
+            recipe=ModelRecipe(name=recipe["name"], num_classes=recipe["num_classes"], kwargs=recipe["kwargs"]),
+            state_dict=data["state_dict"],
+            spec=PreprocessSpec.from_dict(data["spec"]),
+            labels=list(data["labels"]),
+            metrics=dict(data.get("metrics", {})),
+        )

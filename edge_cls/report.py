@@ -1,0 +1,94 @@
+"""Benchmark tables for the terminal and Markdown, and the accuracy-latency plot."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._fileio import atomic_path
+from .benchmark import BenchResult
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = (
+    ("model", "{name}"),
+    ("backend", "{backend}"),
+    ("precision", "{precision}"),
+    ("ran as", "{runtime_precision}"),
+    ("top-1", "{top1}"),
+    ("agree", "{top1_agreement}"),
+    ("p50 ms", "{p50_ms:.2f}"),
+    ("p90 ms", "{p90_ms:.2f}"),
+    ("img/s @8", "{throughput_ips:.0f}"),
+    ("size MB", "{size_mb:.2f}"),
+)
+
+
+def _cells(row: BenchResult) -> list[str]:
+    values = row.to_dict()
+    values["size_mb"] = row.size_bytes / 1e6
+    values["top1"] = "-" if row.top1 is None else f"{100 * row.top1:.1f}%"
+    values["top1_agreement"] = "-" if row.top1_agreement is None else f"{100 * row.top1_agreement:.1f}%"
+    return [fmt.format(**values) for _, fmt in COLUMNS]
+
+
+def text_table(rows: Sequence[BenchResult]) -> str:
+    """An aligned plain-text table."""
+    header = [name for name, _ in COLUMNS]
+    body = [_cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[BenchResult]) -> str:
+    header = [name for name, _ in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def plot_accuracy_latency(rows: Sequence[BenchResult], path: str | os.PathLike[str], title: str = "") -> Path | None:
+    """Top-1 against p50 latency, one labelled point per row; needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib is not installed; skipping the plot")
+        return None
+    points = [r for r in rows if r.top1 is not None]
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in points:
+        ax.scatter(r.p50_ms, 100 * r.top1, s=40)
+        ax.annotate(r.name, (r.p50_ms, 100 * r.top1), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency, batch 1 (ms, log scale)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title or "accuracy vs latency")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,96 @@
+"""PyTorch -> ONNX (FP32) with a dynamic batch axis and the spec and labels in ``metadata_props``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import onnx
+import torch
+
+from edge_cls.errors import ExportError
+from edge_cls.preprocess import PreprocessSpec
+
+logger = logging.getLogger(__name__)
+
+OPSET = 18
+METADATA_SPEC = "edge_cls.preprocess"
+METADATA_LABELS = "edge_cls.labels"
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    spec: PreprocessSpec,
+    labels: list[str],
+    path: Path,
+    *,
+    input_name: str = "input",
+    output_name: str = "logits",
+    exporter: str = "dynamo",
+) -> Path:
+    """Export ``model`` to ``path``; ``exporter`` is ``dynamo`` (torch.export) or ``torchscript``.
+
+    The example input has batch 2: a batch-1 example lets torch.export specialise the batch
+    dimension to a constant.
+    """
+    model = model.eval()
+    example = torch.zeros(2, *spec.input_shape)
+    quiet = io.StringIO()
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(quiet):
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    model, (example,), None, dynamo=True, input_names=[input_name], output_names=[output_name],
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=OPSET,
+                    verbose=False,
+                )
+                proto = program.model_proto
+            elif exporter == "torchscript":
+                buffer = io.BytesIO()
+                torch.onnx.export(
+                    model, (example,), buffer, dynamo=False, input_names=[input_name], output_names=[output_name],
+                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}, opset_version=17,
+                )
+                proto = onnx.load_from_string(buffer.getvalue())
+            else:
+                raise ExportError(f"unknown ONNX exporter {exporter!r}; use 'dynamo' or 'torchscript'")
+    except ExportError:
+        raise
+    except Exception as e:  # the exporters raise many types
+        raise ExportError(f"ONNX export of {type(model).__name__} failed ({type(e).__name__}: {e})") from e
+    proto = _slim(proto)
+    set_metadata(proto, spec, labels)
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path))
+    return path
+
+
+def set_metadata(proto: onnx.ModelProto, spec: PreprocessSpec, labels: list[str]) -> None:
+    """Store the spec and labels in the model's ``metadata_props``, so the file alone is usable."""
+    entries = {METADATA_SPEC: json.dumps(spec.to_dict()), METADATA_LABELS: json.dumps(list(labels))}
+    kept = [p for p in proto.metadata_props if p.key not in entries]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def _slim(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constants and fuse what onnxslim can; keep the original when it is not installed."""
+    try:
+        import onnxslim
+    except ImportError:
+        return proto
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return onnxslim.slim(proto)
+    except Exception as e:  # a failed clean-up must not fail the export
+        logger.warning("onnxslim could not simplify the graph (%s); keeping it as exported", e)
+        return proto

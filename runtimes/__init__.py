@@ -1,0 +1,85 @@
+"""Device-side runtimes: open an artifact directory and classify images.
+
+>>> from edge_cls.runtimes import load
+>>> clf = load("build/demo/artifacts/openvino-int8")
+>>> clf.predict("digit.png", k=3)[0].label
+
+Backends are named and imported on first use; an app that installs only
+``edge-cls[onnxruntime]`` never imports OpenVINO, and nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_cls.errors import BackendUnavailableError, ConfigError
+from edge_cls.manifest import Manifest, load_manifest
+
+from .base import Backend, Classifier, ImageResult
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    target: str  # "module:Class"
+    package: str  # the import name of the library it needs
+    install: str  # how to get it
+
+
+BACKENDS: dict[str, BackendEntry] = {
+    "onnxruntime": BackendEntry(
+        "edge_cls.runtimes.onnxruntime_backend:OnnxRuntimeBackend", "onnxruntime", "pip install 'edge-cls[onnxruntime]'"
+    ),
+    "openvino": BackendEntry(
+        "edge_cls.runtimes.openvino_backend:OpenVINOBackend", "openvino", "pip install 'edge-cls[openvino]'"
+    ),
+    "tensorrt": BackendEntry(
+        "edge_cls.runtimes.tensorrt_backend:TensorRTBackend", "tensorrt", "pip install 'edge-cls[tensorrt]' (NVIDIA GPU only)"
+    ),
+}
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class registered under ``name``; a missing library raises with the install hint."""
+    try:
+        entry = BACKENDS[name]
+    except KeyError:
+        raise ConfigError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}") from None
+    if importlib.util.find_spec(entry.package) is None:
+        raise BackendUnavailableError(f"the {name} backend needs the '{entry.package}' package: {entry.install}")
+    module_name, class_name = entry.target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def available_backends() -> list[str]:
+    """Names of the backends whose library is installed here."""
+    return [name for name, entry in BACKENDS.items() if importlib.util.find_spec(entry.package) is not None]
+
+
+def load(path: str | os.PathLike[str], *, backend: str | None = None, verify: bool = True, **options: Any) -> Classifier:
+    """Open an artifact directory and return a :class:`Classifier`.
+
+    Args:
+        path: directory holding ``manifest.json`` and the model file(s).
+        backend: run with this backend instead of the artifact's own (e.g. an ONNX artifact on
+            ``openvino``), where the backend can read the model file.
+        verify: check every file's sha256 against the manifest before loading.
+        options: backend options, e.g. ``device="GPU"`` for OpenVINO, ``threads=2``.
+    """
+    directory = Path(path)
+    manifest: Manifest = load_manifest(directory, verify=verify)
+    cls = backend_class(backend or manifest.backend)
+    model_path = directory / manifest.model_file
+    if model_path.suffix not in cls.suffixes:
+        raise ConfigError(
+            f"the {cls.name} backend cannot read {model_path.name} (it reads {', '.join(cls.suffixes)}); "
+            f"use backend={manifest.backend!r}"
+        )
+    return Classifier(cls.open(model_path, manifest, **options), manifest, directory)
+
+
+__all__ = ["BACKENDS", "Backend", "Classifier", "ImageResult", "available_backends", "backend_class", "load"]

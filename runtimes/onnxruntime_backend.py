@@ -1,0 +1,74 @@
+"""ONNX Runtime backend: runs ``.onnx`` files (FP32, FP16 or QDQ INT8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_cls.errors import ArtifactError, ConfigError
+from edge_cls.manifest import Manifest
+
+from .base import Backend
+
+_PRECISION_NAMES = {"fp32": "f32", "fp16": "f16", "int8": "i8+f32"}
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an ONNX model with ONNX Runtime, on the CPU unless other providers are given."""
+
+    name = "onnxruntime"
+    suffixes = (".onnx",)
+
+    def __init__(self, session: Any, input_name: str, output_name: str, precision: str) -> None:
+        self._session = session
+        self._input_name = input_name
+        self._output_name = output_name
+        self._precision = precision
+
+    @classmethod
+    def open(
+        cls,
+        model_path: Path,
+        manifest: Manifest,
+        *,
+        providers: list[str] | None = None,
+        threads: int | None = None,
+        **options: Any,
+    ) -> OnnxRuntimeBackend:
+        import onnxruntime as ort  # lazy: only apps that use this backend pay for it
+
+        if options:
+            raise ConfigError(f"unknown onnxruntime options {sorted(options)}; known: providers, threads")
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session_options.log_severity_level = 3  # errors only; shape-inference warnings are noise here
+        if threads:
+            session_options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(
+                str(model_path), session_options, providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as e:  # ORT raises its own untyped errors for a bad model file
+            raise ArtifactError(f"{model_path} could not be loaded by onnxruntime ({e}): rebuild the artifact") from e
+        inputs = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        input_name = manifest.input_name if manifest.input_name in inputs else inputs[0]
+        output_name = manifest.output_name if manifest.output_name in outputs else outputs[0]
+        precision = _PRECISION_NAMES.get(manifest.precision, manifest.precision)
+        return cls(session, input_name, output_name, precision)
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @property
+    def device(self) -> str:
+        return self._session.get_providers()[0]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._session.run([self._output_name], {self._input_name: batch})[0]
+
+    def close(self) -> None:
+        self._session = None

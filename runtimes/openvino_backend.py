@@ -1,0 +1,99 @@
+"""OpenVINO backend: runs IR (``.xml`` + ``.bin``) or ONNX files on CPU, GPU or NPU.
+
+OpenVINO runs an f32 model in bf16 on CPUs with AMX unless ``INFERENCE_PRECISION_HINT`` says
+otherwise, so the hint stored in the manifest (``f32`` for FP32 artifacts) is applied, and
+:attr:`precision` reports what the compiled model actually runs, read from its runtime graph.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_cls.errors import ArtifactError, ConfigError
+from edge_cls.manifest import Manifest
+
+from .base import Backend
+
+# Layers whose runtime precision tells what the compute-heavy part of the model runs in.
+_COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"}
+
+
+class OpenVINOBackend(Backend):
+    """Runs a model compiled by OpenVINO."""
+
+    name = "openvino"
+    suffixes = (".xml", ".onnx")
+
+    def __init__(self, compiled: Any, device: str) -> None:
+        self._compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._output = compiled.output(0)
+        self._device = device
+        self._precision = runtime_precision(compiled)
+
+    @classmethod
+    def open(
+        cls,
+        model_path: Path,
+        manifest: Manifest,
+        *,
+        device: str = "CPU",
+        inference_precision: str | None = None,
+        performance_hint: str = "LATENCY",
+        threads: int | None = None,
+        **options: Any,
+    ) -> OpenVINOBackend:
+        import openvino as ov  # lazy: only apps that use this backend pay for it
+
+        if options:
+            raise ConfigError(
+                f"unknown openvino options {sorted(options)}; known: device, inference_precision, performance_hint, threads"
+            )
+        config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
+        precision = inference_precision or manifest.runtime_options.get("inference_precision")
+        if precision:
+            config["INFERENCE_PRECISION_HINT"] = precision
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        try:
+            model = core.read_model(str(model_path))
+            compiled = core.compile_model(model, device, config)
+        except RuntimeError as e:
+            raise ArtifactError(f"{model_path} could not be loaded by OpenVINO on {device} ({e})") from e
+        return cls(compiled, device)
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        result = self._request.infer({0: batch})
+        return np.array(result[self._output], dtype=np.float32, copy=True)
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None
+
+
+def runtime_precision(compiled: Any) -> str:
+    """Summarise the precisions the compute layers of a compiled model run in, e.g. ``i8+bf16``.
+
+    Read from the runtime (executable) graph, so it reflects hints, hardware and quantization.
+    """
+    counts: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and info["layerType"].astype(str) in _COMPUTE_LAYERS and "runtimePrecision" in info:
+            counts[info["runtimePrecision"].astype(str)] += 1
+    if not counts:
+        return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return "+".join(name for name, _ in counts.most_common())
