@@ -1,0 +1,110 @@
+"""Shared fixtures: real image files, a tiny trained model, and artifacts built from it once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TINY_STUDENT = "test_efficientnet"  # timm's 0.1M-parameter test model
+TINY_TEACHER = "test_vit"  # mean/std 0.5: differs from the student's ImageNet stats
+TINY_SIZE = 32
+PER_CLASS = {"train": 24, "val": 6, "test": 6}
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory) -> Path:
+    """The full bundled demo set (5,000 MNIST PNGs), written once per session."""
+    from edge_cls.data import write_demo_dataset
+
+    return write_demo_dataset(tmp_path_factory.mktemp("demo") / "data")
+
+
+@pytest.fixture(scope="session")
+def digits_root(demo_root, tmp_path_factory) -> Path:
+    """A small train/val/test ImageFolder copied from the demo set."""
+    root = tmp_path_factory.mktemp("digits")
+    for split, count in PER_CLASS.items():
+        for class_dir in sorted((demo_root / split).iterdir()):
+            target = root / split / class_dir.name
+            target.mkdir(parents=True)
+            for path in sorted(class_dir.iterdir())[:count]:
+                shutil.copy(path, target / path.name)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(digits_root, tmp_path_factory):
+    """A tiny student trained for one epoch on the small digit set, saved as an edge-cls checkpoint."""
+    from edge_cls.data import load_splits
+    from edge_cls.models import Checkpoint, ModelRecipe, create_model, spec_for_model
+    from edge_cls.train import TrainConfig, classification_task, fit
+
+    splits = load_splits(digits_root)
+    recipe = ModelRecipe(name=TINY_STUDENT, num_classes=10)
+    model = create_model(recipe)
+    spec = spec_for_model(model, input_size=TINY_SIZE)
+    config = TrainConfig(epochs=2, batch_size=32, lr=5e-3)
+    fit(classification_task(model, config), splits["train"], spec, config)
+    path = tmp_path_factory.mktemp("ckpt") / "student.pt"
+    Checkpoint.from_model(model.eval(), recipe, spec, splits["train"].classes).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def artifacts(tiny_checkpoint, digits_root, tmp_path_factory) -> dict[str, Path]:
+    """ONNX and OpenVINO artifacts, FP32 and INT8, of the tiny student, checked on the test split."""
+    from edge_cls.calibration_data import CalibrationSet
+    from edge_cls.data import load_splits, preprocess_split
+    from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
+    from edge_cls.models import Checkpoint
+
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    model = checkpoint.build()
+    splits = load_splits(digits_root)
+    batch, targets = preprocess_split(splits["test"], checkpoint.spec)
+    out = tmp_path_factory.mktemp("artifacts")
+    exported = export_artifacts(
+        model, checkpoint.spec, checkpoint.labels, out, resolve_targets(["onnx", "openvino"], ["fp32", "int8"]),
+        reference=ReferenceSet.from_model(model, batch, targets),
+        calibration=CalibrationSet.from_split(splits["train"], checkpoint.spec, size=32),
+        model_name=TINY_STUDENT,
+    )
+    return {a.target.name: a.path for a in exported}
+
+
+@pytest.fixture
+def artifact_copy(artifacts, tmp_path):
+    """A private copy of an artifact, for tests that tamper with it."""
+
+    def copy(name: str) -> Path:
+        target = tmp_path / name
+        shutil.copytree(artifacts[name], target)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def test_images(digits_root) -> list[Path]:
+    return sorted((digits_root / "test").rglob("*.png"))[::6][:8]
+
+
+@pytest.fixture(scope="session")
+def pytorch_logits(tiny_checkpoint):
+    """Logits of the tiny student in PyTorch for a list of images: the reference."""
+    import torch
+
+    from edge_cls.models import Checkpoint
+
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    model = checkpoint.build()
+
+    def run(images) -> np.ndarray:
+        batch = np.stack([checkpoint.spec(image) for image in images])
+        with torch.inference_mode():
+            return model(torch.from_numpy(batch)).numpy()
+
+    return run
