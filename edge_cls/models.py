@@ -43,10 +43,10 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def vit_convstem_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """ViT (dim 128, depth 4, 4 heads) on a stride-8 conv stem: 64 tokens at 64 px, 0.9M parameters."""
+    """ViT (dim 128, depth 4, 4 heads) on a four-layer stride-16 conv stem: 16 tokens at 64 px."""
     stem = ConvStem(
-        in_chans=kwargs.get("in_chans", 3), channels=(32, 64, 128), stride=(2, 2, 2), kernel_size=3, padding=1,
-        act_layer=nn.GELU,
+        in_chans=kwargs.get("in_chans", 3), depth=4, channels=(32, 64, 128, 128), stride=(2, 2, 2, 2),
+        kernel_size=3, padding=1, act_layer=nn.GELU,
     )
     model_args = {"embed_dim": 128, "depth": 4, "num_heads": 4, "img_size": 64}
     return _create_vision_transformer_hybrid(

@@ -1,0 +1,123 @@
+"""Export round trips and the guarantees around them: metadata, parity, atomic artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge_cls.errors import ConfigError, ExportError
+from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
+from edge_cls.manifest import load_manifest
+from edge_cls.models import Checkpoint
+from edge_cls.runtimes import load
+
+
+@pytest.fixture(scope="module")
+def student(tiny_checkpoint):
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    return checkpoint, checkpoint.build()
+
+
+@pytest.fixture(scope="module")
+def reference(student, test_images):
+    checkpoint, model = student
+    batch = np.stack([checkpoint.spec(p) for p in test_images])
+    return ReferenceSet.from_model(model, batch)
+
+
+def test_onnx_carries_spec_and_labels(artifacts, tiny_checkpoint):
+    from edge_cls.export.onnx_export import METADATA_LABELS, METADATA_SPEC, read_metadata
+
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    for name in ("onnx-fp32", "onnx-int8"):
+        metadata = read_metadata(artifacts[name] / "model.onnx")
+        assert json.loads(metadata[METADATA_SPEC]) == checkpoint.spec.to_dict()
+        assert json.loads(metadata[METADATA_LABELS]) == checkpoint.labels
+
+
+def test_onnx_has_a_dynamic_batch_axis(artifacts):
+    import onnx
+
+    model = onnx.load(str(artifacts["onnx-fp32"] / "model.onnx"))
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.dim_value
+
+
+def test_openvino_ir_carries_spec_and_labels(artifacts, tiny_checkpoint):
+    import openvino as ov
+
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    model = ov.Core().read_model(str(artifacts["openvino-int8"] / "model.xml"))
+    assert json.loads(model.get_rt_info(["edge_cls", "labels"]).astype(str)) == checkpoint.labels
+    assert json.loads(model.get_rt_info(["edge_cls", "preprocess"]).astype(str)) == checkpoint.spec.to_dict()
+
+
+def test_manifests_record_parity_accuracy_and_tools(artifacts):
+    for name, path in artifacts.items():
+        manifest = load_manifest(path)
+        assert manifest.parity["images"] == 60 and manifest.accuracy["images"] == 60
+        assert {"torch", "onnx", "onnxruntime", "openvino", "nncf"} <= set(manifest.tools)
+        if name.endswith("fp32"):
+            assert manifest.parity["top1_agreement"] == 1.0 and manifest.parity["max_abs_logit_error"] < 1e-4
+    assert load_manifest(artifacts["openvino-fp32"]).runtime_options == {"inference_precision": "f32"}
+    assert load_manifest(artifacts["openvino-fp32"]).runtime_precision == "f32"
+
+
+def test_int8_is_smaller_than_fp32(artifacts):
+    from edge_cls.benchmark import directory_size
+
+    assert directory_size(artifacts["onnx-int8"]) < directory_size(artifacts["onnx-fp32"])
+    assert directory_size(artifacts["openvino-int8"]) < directory_size(artifacts["openvino-fp32"])
+
+
+def test_fp16_targets(student, reference, tmp_path):
+    checkpoint, model = student
+    exported = export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path,
+                                resolve_targets(["onnx", "openvino"], ["fp16"]), reference=reference,
+                                onnx_exporter="torchscript")
+    for artifact in exported:
+        assert artifact.manifest.parity["top1_agreement"] >= 0.75
+        with load(artifact.path) as clf:
+            assert clf.predict(np.zeros((40, 40, 3), np.uint8), k=1)
+
+
+def test_fp32_disagreement_fails_and_keeps_the_previous_artifact(student, reference, artifacts, tmp_path):
+    import shutil
+
+    checkpoint, model = student
+    target = tmp_path / "onnx-fp32"
+    shutil.copytree(artifacts["onnx-fp32"], target)
+    before = (target / "manifest.json").read_text()
+    wrong = ReferenceSet(reference.batch, -reference.logits)  # a reference the model cannot agree with
+    with pytest.raises(ExportError, match="disagrees with PyTorch"):
+        export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path, resolve_targets(["onnx"], ["fp32"]),
+                         reference=wrong, onnx_exporter="torchscript")
+    assert (target / "manifest.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx-fp32"]  # no staging left behind
+    load(target)  # still a valid artifact
+
+
+def test_int8_without_calibration(student, reference, tmp_path):
+    checkpoint, model = student
+    with pytest.raises(ExportError, match="calibration"):
+        export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path, resolve_targets(["openvino"], ["int8"]), reference=reference)
+
+
+def test_unknown_exporter(student, reference, tmp_path):
+    checkpoint, model = student
+    with pytest.raises(ExportError, match="unknown ONNX exporter"):
+        export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path, resolve_targets(["onnx"], ["fp32"]),
+                         reference=reference, onnx_exporter="magic")
+
+
+def test_export_table_validates_first():
+    assert [t.name for t in resolve_targets(["onnx", "openvino"], ["fp32", "int8"])] == [
+        "onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
+    with pytest.raises(ConfigError, match="unknown export format"):
+        resolve_targets(["tflite"], ["fp32"])
+    with pytest.raises(ConfigError, match="supports"):
+        resolve_targets(["onnx"], ["int4"])
+    with pytest.raises(ConfigError):
+        resolve_targets([], ["fp32"])

@@ -1,0 +1,150 @@
+"""The CLI as a user runs it: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLI = [sys.executable, "-m", "edge_cls.cli"]
+
+
+def run(*args, timeout=600):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(result, match):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("edge-cls: error:"), result.stderr
+    assert match in lines[0], lines[0]
+
+
+def test_help_is_fast_and_light():
+    script = "import sys; from edge_cls.cli import _parser; _parser(); print(sorted(m for m in ('torch', 'timm', 'onnx', 'openvino') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
+    assert run("--help").returncode == 0
+
+
+@pytest.mark.parametrize("name", ["onnx-fp32", "openvino-fp32", "onnx-int8", "openvino-int8"])
+def test_predict_json_matches_pytorch_top5(artifacts, test_images, pytorch_logits, name):
+    result = run("predict", artifacts[name], *test_images, "-k", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    output = json.loads(result.stdout)
+    reference = pytorch_logits(test_images)
+    assert [Path(item["image"]) for item in output] == test_images
+    top1_agree = 0
+    for item, logits in zip(output, reference):
+        indices = [p["index"] for p in item["predictions"]]
+        assert len(indices) == 5 and all(isinstance(p["label"], str) and 0 <= p["score"] <= 1 for p in item["predictions"])
+        if name.endswith("fp32"):
+            assert indices == list(np.argsort(-logits, kind="stable")[:5])
+        top1_agree += indices[0] == int(np.argmax(logits))
+    assert top1_agree >= len(test_images) - (0 if name.endswith("fp32") else 2)
+
+
+def test_predict_text_output(artifacts, test_images):
+    result = run("predict", artifacts["onnx-fp32"], test_images[0], "-k", "2")
+    assert result.returncode == 0 and result.stdout.startswith(str(test_images[0]))
+
+
+def test_info(artifacts):
+    result = run("info", artifacts["openvino-fp32"])
+    assert result.returncode == 0, result.stderr
+    assert "openvino, fp32 (ran as f32)" in result.stdout and "top-1 agreement 100.0%" in result.stdout
+    data = json.loads(run("info", artifacts["onnx-int8"], "--json").stdout)
+    assert data["precision"] == "int8" and data["schema_version"] == 1
+
+
+def test_bench_with_accuracy(artifacts, digits_root):
+    result = run("bench", artifacts["onnx-fp32"], artifacts["openvino-int8"], "--iterations", "5", "--data", digits_root / "test", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["precision"] for r in rows] == ["fp32", "int8"]
+    assert all(r["p50_ms"] > 0 and r["throughput_ips"] > 0 and r["images"] == 60 and 0 <= r["top1"] <= 1 for r in rows)
+
+
+def test_predict_missing_image(artifacts, tmp_path):
+    assert_one_line_error(run("predict", artifacts["onnx-fp32"], tmp_path / "nope.jpg"), "does not exist")
+
+
+def test_predict_truncated_image(artifacts, test_images, tmp_path):
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(test_images[0].read_bytes()[:50])
+    result = run("predict", artifacts["onnx-fp32"], test_images[0], cut, "--json")
+    assert result.returncode == 1
+    assert_one_line_error(result, "cut.png")
+    output = json.loads(result.stdout)
+    assert output[0]["predictions"] and "error" in output[1]  # the good image is still answered
+
+
+def test_predict_on_a_directory_that_is_not_an_artifact(tmp_path, test_images):
+    assert_one_line_error(run("predict", tmp_path, test_images[0]), "is not an artifact")
+
+
+def test_missing_artifact(tmp_path, test_images):
+    assert_one_line_error(run("info", tmp_path / "gone"), "does not exist")
+
+
+def test_tampered_model_file(artifact_copy, test_images):
+    path = artifact_copy("openvino-fp32")
+    weights = path / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert_one_line_error(run("predict", path, test_images[0]), "sha256")
+
+
+def test_export_rejects_bad_arguments_before_work(tmp_path):
+    assert_one_line_error(run("export", "--model", "test_efficientnet", "--num-classes", "3", "--formats", "coreml", "--out", tmp_path), "unknown export format")
+    assert_one_line_error(run("export", "--model", "test_efficientnet", "--num-classes", "3", "--precisions", "int4", "--out", tmp_path), "cannot export 'int4'")
+    assert_one_line_error(run("export", "--model", "test_efficientnet", "--num-classes", "3", "--out", tmp_path), "needs --calib")
+
+
+def test_export_weights_that_do_not_fit(tmp_path, tiny_checkpoint, digits_root):
+    result = run("export", "--model", "test_efficientnet", "--weights", tiny_checkpoint, "--num-classes", "5",
+                 "--calib", digits_root / "val", "--formats", "onnx", "--precisions", "fp32", "--out", tmp_path)
+    assert_one_line_error(result, "shape mismatch")
+
+
+def test_export_from_plain_state_dict_then_predict(tmp_path, digits_root, test_images):
+    import torch
+
+    from edge_cls.models import ModelRecipe, create_model
+
+    model = create_model(ModelRecipe(name="test_efficientnet", num_classes=10))
+    weights = tmp_path / "weights.pth"
+    torch.save(model.state_dict(), weights)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"digit {i}" for i in range(10)))
+    out = tmp_path / "out"
+    result = run("export", "--model", "test_efficientnet", "--weights", weights, "--labels", labels, "--input-size", "32",
+                 "--calib", digits_root / "val", "--calibration-size", "20", "--formats", "onnx", "openvino",
+                 "--precisions", "fp32", "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["onnx-fp32", "openvino-fp32"]
+    predicted = json.loads(run("predict", out / "openvino-fp32", test_images[0], "--json").stdout)
+    assert predicted[0]["predictions"][0]["label"].startswith("digit ")
+
+
+def test_build_end_to_end_on_a_folder(tmp_path, digits_root):
+    """The whole pipeline, tiny: teacher, student alone, distilled student, 4 artifacts, report."""
+    out = tmp_path / "build"
+    result = run("build", "--data", digits_root, "--teacher", "test_vit", "--student", "test_efficientnet",
+                 "--input-size", "32", "--teacher-epochs", "1", "--student-epochs", "1", "--calibration-size", "16",
+                 "--bench-iterations", "5", "--out", out, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (out / "artifacts").iterdir()) == ["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
+    report = json.loads((out / "report.json").read_text())
+    names = [row["name"] for row in report["rows"]]
+    assert names[:3] == ["teacher test_vit", "student alone test_efficientnet", "student KD test_efficientnet"]
+    assert len(names) == 7 and (out / "report.md").is_file() and (out / "accuracy_latency.png").stat().st_size > 1000
+    for stage in ("data", "teacher", "student_alone", "distill", "export", "benchmark"):
+        assert stage in report["stage_seconds"]
+    assert "student KD onnx-fp32" in result.stdout
