@@ -48,7 +48,7 @@ class BuildConfig:
     student: str = DEMO_STUDENT
     student_pretrained: bool = False
     input_size: int = 64
-    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=12, lr=2e-3))
+    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=2e-3))
     student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3))
     distill: DistillConfig = field(default_factory=DistillConfig)
     formats: tuple[str, ...] = ("onnx", "openvino")

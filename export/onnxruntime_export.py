@@ -21,7 +21,10 @@ from edge_cls.errors import ExportError
 logger = logging.getLogger(__name__)
 
 
-def quantize_onnx_int8(fp32_path: Path, out_path: Path, calibration: CalibrationSet, *, input_name: str = "input") -> Path:
+def quantize_onnx_int8(
+    fp32_path: Path, out_path: Path, calibration: CalibrationSet, *, input_name: str = "input", symmetric: bool = False
+) -> Path:
+    """Static QDQ INT8, per-channel weights; ``symmetric`` activations are what TensorRT needs."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -40,6 +43,7 @@ def quantize_onnx_int8(fp32_path: Path, out_path: Path, calibration: Calibration
             quantize_static(
                 str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                 activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else None,
             )
         except Exception as e:  # ORT quantization raises many types
             raise ExportError(f"ONNX Runtime INT8 quantization of {fp32_path} failed ({type(e).__name__}: {e})") from e

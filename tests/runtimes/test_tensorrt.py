@@ -1,0 +1,45 @@
+"""TensorRT round trip: needs the tensorrt package and a CUDA GPU, skipped (with the reason) elsewhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA GPUs only: pip install 'edge-cls[tensorrt]')")
+
+
+def _has_cuda() -> bool:
+    try:
+        from edge_cls.runtimes.tensorrt_backend import _check, _cudart
+
+        return _check(_cudart().cudaGetDeviceCount()) > 0
+    except Exception:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _has_cuda(), reason="no CUDA device: TensorRT engines need an NVIDIA GPU")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_engine_matches_pytorch(precision, tiny_checkpoint, digits_root, tmp_path, test_images, pytorch_logits):
+    from edge_cls.calibration_data import CalibrationSet
+    from edge_cls.data import load_splits, preprocess_split
+    from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
+    from edge_cls.models import Checkpoint
+    from edge_cls.runtimes import load
+
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    model = checkpoint.build()
+    splits = load_splits(digits_root)
+    batch, targets = preprocess_split(splits["test"], checkpoint.spec)
+    [artifact] = export_artifacts(
+        model, checkpoint.spec, checkpoint.labels, tmp_path, resolve_targets(["tensorrt"], [precision]),
+        reference=ReferenceSet.from_model(model, batch, targets),
+        calibration=CalibrationSet.from_split(splits["train"], checkpoint.spec, size=32),
+    )
+    minimum = {"fp32": 1.0, "fp16": 0.95, "int8": 0.9}[precision]
+    assert artifact.manifest.parity["top1_agreement"] >= minimum
+    with load(artifact.path) as clf:
+        reference = pytorch_logits(test_images)
+        got = clf.logits(np.stack([clf.spec(p) for p in test_images]))
+        assert got.shape == reference.shape
