@@ -59,6 +59,7 @@ def scan_image_folder(root: str | os.PathLike[str], classes: list[str] | None = 
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not found:
         raise DataError(f"{root} has no class sub-directories: put each class's images in {root}/<class name>/")
+    complete = classes is None  # a training split: every class must have images
     if classes is None:
         classes = found
     else:
@@ -79,7 +80,7 @@ def scan_image_folder(root: str | os.PathLike[str], classes: list[str] | None = 
         targets.extend([index] * len(files))
     if not paths:
         raise DataError(f"{root} has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    if empty and classes is found:
+    if empty and complete:
         raise DataError(f"{root}: classes {empty} have no images; add images or remove those directories")
     return ImageFolderSplit(root, list(classes), paths, targets)
 

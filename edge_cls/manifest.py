@@ -120,8 +120,11 @@ class Manifest:
             where = f"{source} files[{i}]"
             if not isinstance(entry, dict):
                 raise ArtifactError(f"{where}: expected an object with path, sha256, bytes")
+            relative = _field(entry, "path", str, where)
+            if Path(relative).is_absolute() or ".." in Path(relative).parts:
+                raise ArtifactError(f"{where}: path {relative!r} must stay inside the artifact directory")
             files.append(ArtifactFile(
-                path=_field(entry, "path", str, where),
+                path=relative,
                 sha256=_field(entry, "sha256", str, where),
                 bytes=_field(entry, "bytes", int, where),
             ))

@@ -26,14 +26,14 @@ from .benchmark import BenchResult, bench_artifact, latency_and_throughput
 from .calibration_data import CalibrationSet
 from .data import ImageFolderSplit, load_splits, preprocess_split, write_demo_dataset
 from .export import ReferenceSet, export_artifacts, resolve_targets, tool_versions
-from .models import Checkpoint, ModelRecipe, create_model, spec_for_model
+from .models import Checkpoint, ModelRecipe, create_model, predict_logits, spec_for_model
 from .report import machine_description, markdown_table, plot_accuracy_latency, text_table
 from .train import DistillConfig, TrainConfig, accuracy, classification_task, distillation_task, fit
 
 logger = logging.getLogger(__name__)
 
 DEMO_TEACHER = "vit_convstem_tiny"
-DEMO_STUDENT = "mobilenetv3_small_100"
+DEMO_STUDENT = "mobilenetv3_small_050"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +48,7 @@ class BuildConfig:
     student: str = DEMO_STUDENT
     student_pretrained: bool = False
     input_size: int = 64
-    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=2e-3))
+    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=1.5e-3))
     student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3))
     distill: DistillConfig = field(default_factory=DistillConfig)
     formats: tuple[str, ...] = ("onnx", "openvino")
@@ -74,6 +74,32 @@ def _teacher_kwargs(name: str, input_size: int) -> dict[str, Any]:
     return {"img_size": input_size} if cfg is not None and cfg.fixed_input_size else {}
 
 
+def dataset_splits(data_dir: Path | None, demo_dir: Path) -> dict[str, ImageFolderSplit]:
+    """The user's train/val/test ImageFolders, or the bundled demo set written to ``demo_dir``."""
+    return load_splits(Path(data_dir) if data_dir else write_demo_dataset(demo_dir))
+
+
+def train_model(
+    name: str, out: Path, *, data_dir: Path | None, input_size: int, config: TrainConfig, pretrained: bool = False,
+    demo_dir: Path = Path("build/demo/data"),
+) -> Checkpoint:
+    """Train one model on labels alone and save it as an edge-cls checkpoint (``edge-cls train``)."""
+    out = Path(out)
+    splits = dataset_splits(data_dir, demo_dir)
+    classes = splits["train"].classes
+    recipe = ModelRecipe(name=name, num_classes=len(classes), kwargs=_teacher_kwargs(name, input_size))
+    torch.manual_seed(config.seed)
+    model = create_model(recipe, pretrained=pretrained)
+    spec = spec_for_model(model, input_size=input_size)
+    result = fit(classification_task(model, config), splits["train"], spec, config, desc=name,
+                 val=preprocess_split(splits["val"], spec))
+    top1 = accuracy(model, *preprocess_split(splits["test"], spec))
+    checkpoint = Checkpoint.from_model(model, recipe, spec, classes, test_top1=top1, train_seconds=result.seconds,
+                                       train_config=asdict(config))
+    checkpoint.save(out)
+    return checkpoint
+
+
 def build(config: BuildConfig) -> BuildResult:
     """Run the whole pipeline and write the report; returns the benchmark rows."""
     targets = resolve_targets(config.formats, config.precisions)  # fail fast on a bad format
@@ -87,14 +113,14 @@ def build(config: BuildConfig) -> BuildResult:
         stages[name] = now - clock
         clock = now
 
-    data_root = Path(config.data_dir) if config.data_dir else write_demo_dataset(out / "data")
-    splits = load_splits(data_root)
+    splits = dataset_splits(config.data_dir, out / "data")
     classes = splits["train"].classes
     logger.info("data: %s", {name: len(split) for name, split in splits.items()})
     lap("data")
 
     # Teacher: given weights, or trained (from scratch or from hub weights) on the train split.
     teacher_recipe = ModelRecipe(name=config.teacher, num_classes=len(classes), kwargs=_teacher_kwargs(config.teacher, config.input_size))
+    torch.manual_seed(config.teacher_train.seed)
     teacher = create_model(teacher_recipe, pretrained=config.teacher_pretrained, weights=config.teacher_weights)
     teacher_spec = spec_for_model(teacher, input_size=config.input_size)
     teacher_test = preprocess_split(splits["test"], teacher_spec)
@@ -107,7 +133,9 @@ def build(config: BuildConfig) -> BuildResult:
     logger.info("teacher %s: test top-1 %.4f", config.teacher, teacher_top1)
     lap("teacher")
 
+    # Both students start from the same initial weights, so the comparison isolates distillation.
     student_recipe = ModelRecipe(name=config.student, num_classes=len(classes))
+    torch.manual_seed(config.student_train.seed)
     student_alone = create_model(student_recipe, pretrained=config.student_pretrained)
     spec = spec_for_model(student_alone, input_size=config.input_size)
     val = preprocess_split(splits["val"], spec)
@@ -118,6 +146,7 @@ def build(config: BuildConfig) -> BuildResult:
     Checkpoint.from_model(student_alone, student_recipe, spec, classes, test_top1=alone_top1).save(out / "checkpoints" / "student_alone.pt")
     lap("student_alone")
 
+    torch.manual_seed(config.student_train.seed)
     student = create_model(student_recipe, pretrained=config.student_pretrained)
     fit(distillation_task(student, teacher, config.student_train, config.distill), splits["train"], spec,
         config.student_train, desc="distill", val=val)
@@ -153,8 +182,6 @@ def _bench_torch(
     name: str, model: torch.nn.Module, data: tuple[np.ndarray, np.ndarray], checkpoint: Path, config: BuildConfig,
     reference_logits: np.ndarray | None = None,
 ) -> BenchResult:
-    from .train import logits_of
-
     model.eval()
 
     @torch.inference_mode()
@@ -162,7 +189,7 @@ def _bench_torch(
         return model(torch.from_numpy(batch)).numpy()
 
     latencies, throughput = latency_and_throughput(run, data[0], iterations=config.bench_iterations)
-    logits = logits_of(model, data[0])
+    logits = predict_logits(model, data[0])
     return BenchResult(
         name=name, backend="pytorch", precision="fp32", runtime_precision="f32",
         size_bytes=checkpoint.stat().st_size,

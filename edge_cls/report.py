@@ -78,6 +78,13 @@ def plot_accuracy_latency(rows: Sequence[BenchResult], path: str | os.PathLike[s
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    try:
+        return _draw(fig, ax, points, Path(path), title)
+    finally:
+        plt.close(fig)
+
+
+def _draw(fig, ax, points: Sequence[BenchResult], path: Path, title: str) -> Path:
     for r in points:
         ax.scatter(r.p50_ms, 100 * r.top1, s=40)
         ax.annotate(r.name, (r.p50_ms, 100 * r.top1), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -87,8 +94,6 @@ def plot_accuracy_latency(rows: Sequence[BenchResult], path: str | os.PathLike[s
     ax.set_title(title or "accuracy vs latency")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return path

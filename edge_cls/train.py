@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .data import ImageDataset, ImageFolderSplit
 from .errors import ConfigError, EdgeClsError
+from .models import predict_logits
 from .preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
@@ -167,16 +168,5 @@ def fit(
     return result
 
 
-@torch.inference_mode()
-def logits_of(model: nn.Module, batch: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Eval-mode logits of a preprocessed float32 batch."""
-    model.eval()
-    outputs = [model(torch.from_numpy(batch[i:i + batch_size])).float().numpy() for i in range(0, len(batch), batch_size)]
-    return np.concatenate(outputs)
-
-
 def accuracy(model: nn.Module, batch: np.ndarray, targets: np.ndarray) -> float:
-    was_training = model.training
-    top1 = float((logits_of(model, batch).argmax(1) == targets).mean())
-    model.train(was_training)
-    return top1
+    return float((predict_logits(model, batch).argmax(1) == targets).mean())

@@ -44,11 +44,9 @@ class ReferenceSet:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray | None = None, name: str = "test") -> ReferenceSet:
-        with torch.inference_mode():
-            logits = np.concatenate([
-                model.eval()(torch.from_numpy(batch[i:i + 256])).float().numpy() for i in range(0, len(batch), 256)
-            ])
-        return cls(batch, logits, targets, name)
+        from edge_cls.models import predict_logits
+
+        return cls(batch, predict_logits(model, batch), targets, name)
 
 
 @dataclass
@@ -153,9 +151,7 @@ def _check(target: ExportTarget, staging: Path, manifest: Manifest, reference: R
     from edge_cls.runtimes import load
 
     with load(staging) as classifier:
-        logits = np.concatenate([
-            classifier.logits(reference.batch[i:i + 32]) for i in range(0, len(reference.batch), 32)
-        ])
+        logits = classifier.logits(reference.batch)
         manifest.runtime_precision = classifier.precision
     agree = logits.argmax(1) == reference.logits.argmax(1)
     manifest.parity = {

@@ -6,10 +6,11 @@ table does), so a typo fails in a second, not after calibration.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edge_cls.errors import ConfigError
+from edge_cls.errors import BackendUnavailableError, ConfigError
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,19 @@ class Format:
     precisions: tuple[str, ...]
     device: str  # where it runs
     extra: str  # the pip extra that builds it
+    packages: tuple[str, ...]  # what building it imports
+
+    def missing_packages(self, precision: str) -> list[str]:
+        needed = [*self.packages, *(["nncf"] if self.name == "openvino" and precision == "int8" else [])]
+        return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
 FORMATS: dict[str, Format] = {
-    "onnx": Format("onnx", "onnxruntime", ".onnx", ("fp32", "fp16", "int8"), "CPU/GPU", "export"),
-    "openvino": Format("openvino", "openvino", ".xml", ("fp32", "fp16", "int8"), "CPU/GPU/NPU", "export"),
-    "tensorrt": Format("tensorrt", "tensorrt", ".engine", ("fp32", "fp16", "int8"), "NVIDIA GPU", "tensorrt"),
+    "onnx": Format("onnx", "onnxruntime", ".onnx", ("fp32", "fp16", "int8"), "CPU/GPU", "export", ("onnx", "onnxruntime")),
+    "openvino": Format("openvino", "openvino", ".xml", ("fp32", "fp16", "int8"), "CPU/GPU/NPU", "export", ("onnx", "openvino")),
+    "tensorrt": Format(
+        "tensorrt", "tensorrt", ".engine", ("fp32", "fp16", "int8"), "NVIDIA GPU", "tensorrt", ("onnx", "onnxruntime", "tensorrt")
+    ),
 }
 
 
@@ -59,6 +67,12 @@ def resolve_targets(formats: Iterable[str], precisions: Iterable[str]) -> list[E
             if precision not in fmt.precisions:
                 raise ConfigError(
                     f"{name} cannot export {precision!r}; it supports {', '.join(fmt.precisions)}"
+                )
+            missing = fmt.missing_packages(precision)
+            if missing:
+                raise BackendUnavailableError(
+                    f"{name} {precision} export needs {', '.join(missing)}: pip install 'edge-cls[{fmt.extra}]'"
+                    + (" on a machine with an NVIDIA GPU" if name == "tensorrt" else "")
                 )
             targets.append(ExportTarget(fmt, precision))
     return targets

@@ -52,18 +52,18 @@ def export_onnx(
                 buffer = io.BytesIO()
                 torch.onnx.export(
                     model, (example,), buffer, dynamo=False, input_names=[input_name], output_names=[output_name],
-                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}, opset_version=17,
+                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}, opset_version=OPSET,
                 )
                 proto = onnx.load_from_string(buffer.getvalue())
             else:
                 raise ExportError(f"unknown ONNX exporter {exporter!r}; use 'dynamo' or 'torchscript'")
+        proto = _slim(proto)
+        set_metadata(proto, spec, labels)
+        onnx.checker.check_model(proto)
     except ExportError:
         raise
-    except Exception as e:  # the exporters raise many types
+    except Exception as e:  # the exporters and the checker raise many types
         raise ExportError(f"ONNX export of {type(model).__name__} failed ({type(e).__name__}: {e})") from e
-    proto = _slim(proto)
-    set_metadata(proto, spec, labels)
-    onnx.checker.check_model(proto)
     onnx.save_model(proto, str(path))
     return path
 

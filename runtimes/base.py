@@ -83,8 +83,11 @@ class Classifier:
         """The precision that actually runs on this machine, as the backend reports it."""
         return self.backend.precision
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Run a preprocessed float32 batch (N, *spec.input_shape) and return (N, classes) logits."""
+    def logits(self, batch: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+        """Run a preprocessed float32 batch (N, *spec.input_shape) and return (N, classes) logits.
+
+        Batches larger than ``chunk`` run in pieces, so a whole test split can be passed at once.
+        """
         batch = np.asarray(batch)
         expected = self.spec.input_shape
         if batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
@@ -92,7 +95,9 @@ class Classifier:
                 f"expected a float32 batch of shape (N, {', '.join(map(str, expected))}), got "
                 f"{batch.dtype} {tuple(batch.shape)}: preprocess images with the artifact's spec"
             )
-        return self.backend.run(np.ascontiguousarray(batch))
+        if len(batch) <= chunk:
+            return self.backend.run(np.ascontiguousarray(batch))
+        return np.concatenate([self.backend.run(np.ascontiguousarray(batch[i:i + chunk])) for i in range(0, len(batch), chunk)])
 
     def predict(
         self,

@@ -12,7 +12,10 @@ from edge_cls.manifest import Manifest
 
 from .base import Backend
 
-_PRECISION_NAMES = {"fp32": "f32", "fp16": "f16", "int8": "i8+f32"}
+# ONNX Runtime does not report kernel precisions. These follow from the graph: QDQ INT8 runs
+# quantized kernels for the quantized ops and f32 for the rest; an FP16 graph runs f16 kernels
+# where the provider has them and f32 through inserted casts elsewhere (most ops on x86 CPUs).
+_PRECISION_NAMES = {"fp32": "f32", "fp16": "f16+f32", "int8": "i8+f32"}
 
 
 class OnnxRuntimeBackend(Backend):

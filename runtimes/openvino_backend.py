@@ -54,7 +54,12 @@ class OpenVINOBackend(Backend):
                 f"unknown openvino options {sorted(options)}; known: device, inference_precision, performance_hint, threads"
             )
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
-        precision = inference_precision or manifest.runtime_options.get("inference_precision")
+        # An FP32 model keeps FP32 whatever the artifact (an ONNX file run here has no OpenVINO options).
+        precision = (
+            inference_precision
+            or manifest.runtime_options.get("inference_precision")
+            or ("f32" if manifest.precision == "fp32" else None)
+        )
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         if threads:
@@ -95,5 +100,5 @@ def runtime_precision(compiled: Any) -> str:
         if "layerType" in info and info["layerType"].astype(str) in _COMPUTE_LAYERS and "runtimePrecision" in info:
             counts[info["runtimePrecision"].astype(str)] += 1
     if not counts:
-        return str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        return compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
     return "+".join(name for name, _ in counts.most_common())

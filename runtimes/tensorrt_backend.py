@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_cls.errors import ArtifactError, BackendUnavailableError, ConfigError
+from edge_cls.errors import ArtifactError, BackendUnavailableError, ConfigError, EdgeClsError
 from edge_cls.manifest import Manifest
 
 from .base import Backend
@@ -30,11 +30,15 @@ def _cudart() -> Any:
     return runtime
 
 
+class CudaError(EdgeClsError, RuntimeError):
+    """A CUDA runtime call failed."""
+
+
 def _check(result: Any) -> Any:
     """cuda-python returns (error, value...); raise on error, return the value(s)."""
     error, *values = result if isinstance(result, tuple) else (result,)
     if int(error) != 0:
-        raise RuntimeError(f"CUDA error {error}")
+        raise CudaError(f"CUDA error {error}")
     return values[0] if len(values) == 1 else values
 
 
@@ -53,6 +57,7 @@ class TensorRTBackend(Backend):
         self._precision = precision
         self._stream = _check(self._cudart.cudaStreamCreate())
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
+        self.max_batch = int(engine.get_tensor_profile_shape(input_name, 0)[2][0])
 
     @classmethod
     def open(cls, model_path: Path, manifest: Manifest, *, device: int = 0, **options: Any) -> TensorRTBackend:
@@ -61,7 +66,10 @@ class TensorRTBackend(Backend):
         if options:
             raise ConfigError(f"unknown tensorrt options {sorted(options)}; known: device")
         cudart = _cudart()
-        _check(cudart.cudaSetDevice(device))
+        try:
+            _check(cudart.cudaSetDevice(device))
+        except CudaError as e:
+            raise BackendUnavailableError(f"no usable CUDA device {device} for TensorRT ({e})") from e
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(model_path.read_bytes())
         if engine is None:
@@ -90,8 +98,11 @@ class TensorRTBackend(Backend):
         return pointer
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) > self.max_batch:  # the engine's optimisation profile caps the batch
+            return np.concatenate([self.run(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)])
         cudart = self._cudart
-        self._context.set_input_shape(self._input, tuple(batch.shape))
+        if not self._context.set_input_shape(self._input, tuple(batch.shape)):
+            raise ConfigError(f"the TensorRT engine does not accept input shape {tuple(batch.shape)}")
         output = np.empty(tuple(self._context.get_tensor_shape(self._output)), dtype=np.float32)
         d_in, d_out = self._buffer(self._input, batch.nbytes), self._buffer(self._output, output.nbytes)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -99,7 +110,7 @@ class TensorRTBackend(Backend):
         self._context.set_tensor_address(self._input, d_in)
         self._context.set_tensor_address(self._output, d_out)
         if not self._context.execute_async_v3(self._stream):
-            raise RuntimeError("TensorRT execution failed")
+            raise CudaError("TensorRT execution failed (see the TensorRT log above)")
         _check(cudart.cudaMemcpyAsync(output.ctypes.data, d_out, output.nbytes, d2h, self._stream))
         _check(cudart.cudaStreamSynchronize(self._stream))
         return output

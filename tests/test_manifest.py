@@ -47,6 +47,8 @@ def test_round_trip(artifact_dir):
     (lambda d: d["input"].update(shape=[-1, 3, 64, 64]), "does not match"),
     (lambda d: d.update(format="something"), "not an edge-cls manifest"),
     (lambda d: d["files"][0].pop("sha256"), "missing field 'sha256'"),
+    (lambda d: d["files"][0].update(path="../model.onnx"), "inside the artifact"),
+    (lambda d: d["files"][0].update(path="/etc/passwd"), "inside the artifact"),
 ])
 def test_invalid_manifests_are_clear_errors(artifact_dir, change, match):
     edit(artifact_dir, change)

@@ -14,6 +14,10 @@ def test_from_split_is_class_balanced_and_reproducible(digits_root):
     split = scan_image_folder(digits_root / "train")
     first = CalibrationSet.from_split(split, SPEC, size=20)
     assert first.array.shape == (20, 3, 16, 16)
+    chosen = {image.tobytes() for image in first.array}
+    per_class = [sum(SPEC(p).tobytes() in chosen for p, t in zip(split.paths, split.targets) if t == c)
+                 for c in range(len(split.classes))]
+    assert per_class == [2] * 10
     np.testing.assert_array_equal(first.array, CalibrationSet.from_split(split, SPEC, size=20).array)
     assert sum(b.shape[0] for b in first.batches(8)) == 20
 

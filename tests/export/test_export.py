@@ -80,7 +80,8 @@ def test_fp16_targets(student, reference, tmp_path):
     for artifact in exported:
         assert artifact.manifest.parity["top1_agreement"] >= 0.75
         with load(artifact.path) as clf:
-            assert clf.predict(np.zeros((40, 40, 3), np.uint8), k=1)
+            [top] = clf.predict(np.zeros((40, 40, 3), np.uint8), k=1)
+            assert top.label in checkpoint.labels and 0 < top.score <= 1
 
 
 def test_fp32_disagreement_fails_and_keeps_the_previous_artifact(student, reference, artifacts, tmp_path):
@@ -110,6 +111,18 @@ def test_unknown_exporter(student, reference, tmp_path):
     with pytest.raises(ExportError, match="unknown ONNX exporter"):
         export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path, resolve_targets(["onnx"], ["fp32"]),
                          reference=reference, onnx_exporter="magic")
+
+
+def test_missing_export_library_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from edge_cls.errors import BackendUnavailableError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
+    resolve_targets(["openvino"], ["fp32"])  # NNCF is only needed for INT8
+    with pytest.raises(BackendUnavailableError, match=r"needs nncf: pip install 'edge-cls\[export\]'"):
+        resolve_targets(["openvino"], ["int8"])
 
 
 def test_export_table_validates_first():
