@@ -27,7 +27,7 @@ DEFAULT_SIZE = 300  # NNCF's default subset size
 class CalibrationSet:
     """A fixed, preprocessed sample of images for quantization calibration."""
 
-    def __init__(self, images: Sequence[str | os.PathLike[str]], spec: PreprocessSpec, *, batch_size: int = 1) -> None:
+    def __init__(self, images: Sequence[str | os.PathLike[str]], spec: PreprocessSpec) -> None:
         if not images:
             raise DataError("a calibration set needs at least one image")
         tensors, skipped = [], []
@@ -41,7 +41,6 @@ class CalibrationSet:
             raise DataError(f"none of the {len(images)} calibration images could be read")
         self.array = np.stack(tensors)
         self.skipped = skipped
-        self.batch_size = batch_size
         self.spec = spec
 
     @classmethod
@@ -79,11 +78,10 @@ class CalibrationSet:
     def __len__(self) -> int:
         return len(self.array)
 
-    def batches(self, batch_size: int | None = None) -> Iterator[np.ndarray]:
+    def batches(self, batch_size: int = 1) -> Iterator[np.ndarray]:
         """Float32 batches in the spec's layout."""
-        step = batch_size or self.batch_size
-        for start in range(0, len(self.array), step):
-            yield self.array[start:start + step]
+        for start in range(0, len(self.array), batch_size):
+            yield self.array[start:start + batch_size]
 
 
 __all__ = ["CalibrationSet", "DEFAULT_SIZE"]

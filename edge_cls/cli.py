@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--teacher", default=None, help="timm model name of the teacher (default: vit_convstem_tiny)")
     b.add_argument("--teacher-weights", type=Path, help="teacher weights already trained on these classes (.pth/.safetensors/edge-cls checkpoint); skips teacher training")
     b.add_argument("--teacher-pretrained", action="store_true", help="start the teacher from hub weights (needs the internet), then fine-tune it")
-    b.add_argument("--student", default=None, help="timm model name of the student (default: mobilenetv3_small_050)")
+    b.add_argument("--student", default=None, help="timm model name of the student (default: mobilenetv3_small_100)")
     b.add_argument("--student-pretrained", action="store_true", help="start the student from hub weights")
     b.add_argument("--input-size", type=int, default=None, help="square input size in pixels (default: 64)")
     b.add_argument("--teacher-epochs", type=int)

@@ -33,7 +33,8 @@ from .train import DistillConfig, TrainConfig, accuracy, classification_task, di
 logger = logging.getLogger(__name__)
 
 DEMO_TEACHER = "vit_convstem_tiny"
-DEMO_STUDENT = "mobilenetv3_small_050"
+DEMO_STUDENT = "mobilenetv3_small_100"
+DEMO_INPUT_SIZE = 64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +48,7 @@ class BuildConfig:
     teacher_pretrained: bool = False  # start the teacher from hub weights, then fine-tune
     student: str = DEMO_STUDENT
     student_pretrained: bool = False
-    input_size: int = 64
+    input_size: int = DEMO_INPUT_SIZE
     teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=1.5e-3))
     student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3))
     distill: DistillConfig = field(default_factory=DistillConfig)
@@ -120,11 +121,12 @@ def build(config: BuildConfig) -> BuildResult:
 
     # Teacher: given weights, or trained (from scratch or from hub weights) on the train split.
     teacher_recipe = ModelRecipe(name=config.teacher, num_classes=len(classes), kwargs=_teacher_kwargs(config.teacher, config.input_size))
+    teacher_weights = config.teacher_weights
     torch.manual_seed(config.teacher_train.seed)
-    teacher = create_model(teacher_recipe, pretrained=config.teacher_pretrained, weights=config.teacher_weights)
+    teacher = create_model(teacher_recipe, pretrained=config.teacher_pretrained, weights=teacher_weights)
     teacher_spec = spec_for_model(teacher, input_size=config.input_size)
     teacher_test = preprocess_split(splits["test"], teacher_spec)
-    if config.teacher_weights is None:
+    if teacher_weights is None:
         fit(classification_task(teacher, config.teacher_train), splits["train"], teacher_spec,
             config.teacher_train, desc="teacher", val=preprocess_split(splits["val"], teacher_spec))
     teacher.eval()
@@ -174,7 +176,8 @@ def build(config: BuildConfig) -> BuildResult:
         ))
     lap("benchmark")
 
-    report = _write_report(out, config, rows, stages, exported, splits)
+    teacher_source = f"loaded from `{teacher_weights}`" if teacher_weights else f"trained here for {config.teacher_train.epochs} epochs"
+    report = _write_report(out, config, rows, stages, exported, splits, teacher_source)
     return BuildResult(rows, stages, report, text_table(rows))
 
 
@@ -203,7 +206,7 @@ def _bench_torch(
 
 def _write_report(
     out: Path, config: BuildConfig, rows: list[BenchResult], stages: dict[str, float], exported: list,
-    splits: dict[str, ImageFolderSplit],
+    splits: dict[str, ImageFolderSplit], teacher_source: str,
 ) -> Path:
     plot = plot_accuracy_latency(rows, out / "accuracy_latency.png", title=f"{config.student} distilled from {config.teacher}")
     total = sum(stages.values())
@@ -212,6 +215,8 @@ def _write_report(
         "",
         f"Teacher `{config.teacher}`, student `{config.student}` at {config.input_size} px; "
         f"data: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} images, {len(splits['train'].classes)} classes.",
+        f"Teacher {teacher_source}. The student was trained alone and distilled with the same budget "
+        f"({config.student_train.epochs} epochs, same initial weights; KD temperature {config.distill.temperature}).",
         "Top-1 is on the test split; *agree* is top-1 agreement with the distilled PyTorch student on the same "
         "images; latency is batch 1 after warm-up; *ran as* is the precision the backend reported.",
         "",

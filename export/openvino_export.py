@@ -49,18 +49,18 @@ def quantize_nncf(model, calibration: CalibrationSet, *, fast_bias_correction: b
 
     Full bias correction is the default: NNCF's own tables show MobileNetV3 losing far more
     top-1 with the fast variant. The MIXED preset (asymmetric activations) keeps the negative
-    tail of hard-swish and SiLU outputs; on the demo student it raised top-1 agreement with
-    PyTorch from 98.8% (PERFORMANCE preset) to 99.4%.
+    tail of hard-swish and SiLU outputs; on a demo student (mobilenetv3_small_100, 6 epochs) it
+    raised top-1 agreement with PyTorch from 98.8% (PERFORMANCE preset) to 99.4%.
     """
     import nncf
 
+    nncf.set_log_level(logging.WARNING)  # NNCF resets its logger to INFO on import
+    settings = {
+        "subset_size": len(calibration),
+        "preset": nncf.QuantizationPreset.MIXED,
+        "fast_bias_correction": fast_bias_correction,
+    }
     try:
-        return nncf.quantize(
-            model,
-            nncf.Dataset(list(calibration.batches(1))),
-            subset_size=len(calibration),
-            preset=nncf.QuantizationPreset.MIXED,
-            fast_bias_correction=fast_bias_correction,
-        )
+        return nncf.quantize(model, nncf.Dataset(list(calibration.batches(1))), **settings)
     except Exception as e:
         raise ExportError(f"NNCF quantization failed ({type(e).__name__}: {e})") from e

@@ -148,3 +148,16 @@ def test_build_end_to_end_on_a_folder(tmp_path, digits_root):
     for stage in ("data", "teacher", "student_alone", "distill", "export", "benchmark"):
         assert stage in report["stage_seconds"]
     assert "student KD onnx-fp32" in result.stdout
+
+
+def test_train_writes_a_checkpoint_usable_as_teacher_weights(tmp_path, digits_root):
+    out = tmp_path / "teacher.pt"
+    result = run("train", "--model", "test_vit", "--data", digits_root, "--input-size", "32", "--epochs", "1", "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "test top-1" in result.stdout
+
+    from edge_cls.models import Checkpoint, ModelRecipe, create_model
+
+    checkpoint = Checkpoint.load(out)
+    assert checkpoint.recipe.kwargs == {"img_size": 32} and checkpoint.metrics["train_config"]["epochs"] == 1
+    create_model(checkpoint.recipe, weights=out)  # loads as --teacher-weights would
