@@ -86,7 +86,7 @@ def bench_model(name: str, iterations: int, work: Path) -> list[dict]:
     core = ov.Core()
     raw_ov = core.compile_model(core.read_model(str(paths["onnx-fp32"] / "model.onnx")), "CPU")
     rows.append({**row("raw openvino fp32 IR (defaults)", lambda b: raw_ov(b)[0]),
-                 "ran_as": str(raw_ov.get_property("INFERENCE_PRECISION_HINT"))})
+                 "ran_as": raw_ov.get_property("INFERENCE_PRECISION_HINT").get_type_name()})
     baseline = next(r["p50_ms"] for r in rows if r["path"].startswith("raw onnxruntime"))
     for r in rows:
         r["vs_raw_ort"] = baseline / r["p50_ms"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,6 +127,8 @@ def fit(
 ) -> TrainResult:
     """Train ``task`` on ``train_split``; evaluate on ``val`` (preprocessed arrays) after each epoch."""
     torch.manual_seed(config.seed)
+    random.seed(config.seed)  # timm's random crops draw from Python's random module
+    np.random.seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     dataset = ImageDataset(train_split, train_transform(spec, config))
     loader = DataLoader(

@@ -11,6 +11,8 @@ INT8 recipes are separate work.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from pathlib import Path
@@ -41,14 +43,20 @@ def quantize_onnx_int8(
 
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
+        settings = {
+            "quant_format": QuantFormat.QDQ, "per_channel": True,
+            "activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
+            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else None,
+        }
         try:
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-            quantize_static(
-                str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.Percentile,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else None,
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
+                try:
+                    quantize_static(str(prepared), str(out_path), Reader(), calibrate_method=CalibrationMethod.Percentile, **settings)
+                except ValueError as e:
+                    # Percentile histograms fail on an activation with a (near-)constant range.
+                    logger.warning("percentile calibration failed (%s); calibrating with min-max instead", e)
+                    quantize_static(str(prepared), str(out_path), Reader(), calibrate_method=CalibrationMethod.MinMax, **settings)
         except Exception as e:  # ORT quantization raises many types
             raise ExportError(f"ONNX Runtime INT8 quantization of {fp32_path} failed ({type(e).__name__}: {e})") from e
     _copy_metadata(fp32_path, out_path)
