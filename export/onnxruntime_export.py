@@ -3,8 +3,8 @@
 INT8 uses ``onnxruntime.quantization.quantize_static`` with the calibration set, after ORT's
 own pre-processing (shape inference and graph optimisation): QDQ format, INT8 activations and
 weights (ORT's defaults) with per-channel weight scales, and percentile calibration, which clips
-rare outliers (on the demo student: 99.2% top-1 agreement with PyTorch, against 98.8% with
-ORT's default min-max). It is not tuned for speed on purpose:
+rare outliers (on a demo student, mobilenetv3_small_050 after 6 epochs: 99.2% top-1 agreement
+with PyTorch on the 500 test digits, against 98.8% with ORT's default min-max). It is not tuned for speed on purpose:
 on squeeze-excite CNNs it is slower than FP32 on x86 CPUs (see the benchmark report); faster
 INT8 recipes are separate work.
 """
