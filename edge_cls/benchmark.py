@@ -66,6 +66,40 @@ def latency_and_throughput(
     return latencies, batch * 1e3 / float(np.median(batch_times))
 
 
+def measure(
+    run: Callable[[np.ndarray], np.ndarray],
+    inputs: np.ndarray,
+    *,
+    targets: np.ndarray | None = None,
+    reference_logits: np.ndarray | None = None,
+    batch: int = 8,
+    warmup: int = 10,
+    iterations: int = 100,
+    **identity: object,
+) -> BenchResult:
+    """One benchmark row for any ``run(batch) -> logits``: latency, throughput and, with
+    ``targets``, top-1 (and agreement with ``reference_logits``). ``identity`` holds the row's
+    name, backend, precision, runtime_precision and size_bytes."""
+    latencies, throughput = latency_and_throughput(run, inputs, batch=batch, warmup=warmup, iterations=iterations)
+    top1 = agreement = None
+    if targets is not None:
+        predicted = run(inputs).argmax(1)
+        top1 = float((predicted == targets).mean())
+        if reference_logits is not None:
+            agreement = float((predicted == reference_logits.argmax(1)).mean())
+    return BenchResult(
+        **identity,
+        p50_ms=float(np.percentile(latencies, 50)),
+        p90_ms=float(np.percentile(latencies, 90)),
+        p99_ms=float(np.percentile(latencies, 99)),
+        throughput_ips=throughput,
+        throughput_batch=batch,
+        top1=top1,
+        top1_agreement=agreement,
+        images=0 if targets is None else int(len(targets)),
+    )
+
+
 def directory_size(path: str | os.PathLike[str]) -> int:
     path = Path(path)
     if path.is_file():
@@ -97,28 +131,9 @@ def bench_artifact(
         else:
             inputs = np.random.default_rng(0).standard_normal((batch, *classifier.spec.input_shape)).astype(np.float32)
             targets = None
-        latencies, throughput = latency_and_throughput(
-            classifier.logits, inputs, batch=batch, warmup=warmup, iterations=iterations
-        )
-        top1 = agreement = None
-        if targets is not None:
-            logits = classifier.logits(inputs)
-            top1 = float((logits.argmax(1) == targets).mean())
-            if reference_logits is not None:
-                agreement = float((logits.argmax(1) == reference_logits.argmax(1)).mean())
-        manifest = classifier.manifest
-        return BenchResult(
-            name=name or Path(path).name,
-            backend=classifier.backend.name,
-            precision=manifest.precision,
-            runtime_precision=classifier.precision,
+        return measure(
+            classifier.logits, inputs, targets=targets, reference_logits=reference_logits, batch=batch,
+            warmup=warmup, iterations=iterations, name=name or Path(path).name, backend=classifier.backend.name,
+            precision=classifier.manifest.precision, runtime_precision=classifier.precision,
             size_bytes=directory_size(path),
-            p50_ms=float(np.percentile(latencies, 50)),
-            p90_ms=float(np.percentile(latencies, 90)),
-            p99_ms=float(np.percentile(latencies, 99)),
-            throughput_ips=throughput,
-            throughput_batch=batch,
-            top1=top1,
-            top1_agreement=agreement,
-            images=0 if targets is None else int(len(targets)),
         )

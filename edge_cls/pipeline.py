@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ._fileio import write_json_atomic, write_text_atomic
-from .benchmark import BenchResult, bench_artifact, latency_and_throughput
+from .benchmark import BenchResult, bench_artifact, measure
 from .calibration_data import CalibrationSet
 from .data import ImageFolderSplit, load_splits, preprocess_split, write_demo_dataset
 from .export import ReferenceSet, export_artifacts, resolve_targets, tool_versions
@@ -191,16 +191,9 @@ def _bench_torch(
     def run(batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).numpy()
 
-    latencies, throughput = latency_and_throughput(run, data[0], iterations=config.bench_iterations)
-    logits = predict_logits(model, data[0])
-    return BenchResult(
-        name=name, backend="pytorch", precision="fp32", runtime_precision="f32",
-        size_bytes=checkpoint.stat().st_size,
-        p50_ms=float(np.percentile(latencies, 50)), p90_ms=float(np.percentile(latencies, 90)),
-        p99_ms=float(np.percentile(latencies, 99)), throughput_ips=throughput, throughput_batch=8,
-        top1=float((logits.argmax(1) == data[1]).mean()),
-        top1_agreement=None if reference_logits is None else float((logits.argmax(1) == reference_logits.argmax(1)).mean()),
-        images=len(data[1]),
+    return measure(
+        run, data[0], targets=data[1], reference_logits=reference_logits, iterations=config.bench_iterations,
+        name=name, backend="pytorch", precision="fp32", runtime_precision="f32", size_bytes=checkpoint.stat().st_size,
     )
 
 
