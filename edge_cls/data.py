@@ -1,16 +1,21 @@
-"""Datasets: ImageFolder directories, and the bundled offline demo set (MNIST digits).
+"""Datasets: ImageFolder directories, multi-label CSVs, and the bundled offline demo set.
 
-A dataset root holds ``train/``, ``val/`` and ``test/`` splits, each an ImageFolder (one
-sub-directory per class). The demo set is written in exactly that shape, as real PNG files, so
-the demo exercises the same path as user data.
+A single-label dataset root holds ``train/``, ``val/`` and ``test/`` splits, each an ImageFolder
+(one sub-directory per class). A multi-label root holds ``train.csv``, ``val.csv`` and
+``test.csv`` (columns ``path,labels``; labels separated by spaces, ``;`` or ``|``; paths relative
+to the CSV) and optionally ``classes.txt`` (one class per line; else the train CSV's labels,
+sorted). The demo set is written as an ImageFolder of real PNG files, so the demo exercises the
+same path as user data.
 
 Reading and checking files needs only numpy and pillow; :class:`ImageDataset` needs torch.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,12 +44,75 @@ class ImageFolderSplit:
     paths: list[Path]
     targets: list[int]
 
+    multi_label = False
+
     def __len__(self) -> int:
         return len(self.paths)
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(np.asarray(self.targets, dtype=np.int64), minlength=len(self.classes))
         return dict(zip(self.classes, counts.tolist()))
+
+    def target_array(self) -> np.ndarray:
+        return np.asarray(self.targets, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class MultiLabelSplit:
+    """The files of one multi-label CSV and their dense 0/1 targets, shape (N, classes)."""
+
+    root: Path
+    classes: list[str]
+    paths: list[Path]
+    targets: np.ndarray
+
+    multi_label = True
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def class_counts(self) -> dict[str, int]:
+        return dict(zip(self.classes, self.targets.sum(0).astype(int).tolist()))
+
+    def target_array(self) -> np.ndarray:
+        return self.targets
+
+
+Split = ImageFolderSplit | MultiLabelSplit
+_LABEL_SEPARATORS = re.compile(r"[\s;|]+")
+
+
+def read_label_csv(path: str | os.PathLike[str], classes: list[str] | None = None) -> MultiLabelSplit:
+    """Read a ``path,labels`` CSV. ``classes`` fixes the class list; a label outside it is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: a multi-label split is a CSV with columns path,labels")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path} is not a readable CSV ({e})") from e
+    if not rows or not {"path", "labels"} <= set(rows[0]):
+        raise DataError(f"{path} needs a header 'path,labels' and at least one row")
+    label_sets = [[t for t in _LABEL_SEPARATORS.split(row["labels"] or "") if t] for row in rows]
+    if classes is None:
+        classes = sorted({label for labels in label_sets for label in labels})
+    index = {name: i for i, name in enumerate(classes)}
+    unknown = sorted({label for labels in label_sets for label in labels} - set(index))
+    if unknown:
+        raise DataError(
+            f"{path} has labels not in the class list: {', '.join(unknown[:10])}; add them to classes.txt or fix the CSV"
+        )
+    targets = np.zeros((len(rows), len(classes)), dtype=np.float32)
+    paths = []
+    for i, (row, labels) in enumerate(zip(rows, label_sets)):
+        image = Path(row["path"])
+        paths.append(image if image.is_absolute() else path.parent / image)
+        targets[i, [index[label] for label in labels]] = 1.0
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{path}: {len(missing)} listed images do not exist (e.g. {missing[0]})")
+    return MultiLabelSplit(path, list(classes), paths, targets)
 
 
 def scan_image_folder(root: str | os.PathLike[str], classes: list[str] | None = None) -> ImageFolderSplit:
@@ -85,9 +153,16 @@ def scan_image_folder(root: str | os.PathLike[str], classes: list[str] | None = 
     return ImageFolderSplit(root, list(classes), paths, targets)
 
 
-def load_splits(root: str | os.PathLike[str]) -> dict[str, ImageFolderSplit]:
-    """Scan ``root/train``, ``root/val`` and ``root/test`` with the training split's classes."""
+def load_splits(root: str | os.PathLike[str]) -> dict[str, Split]:
+    """Scan ``root/train``, ``root/val`` and ``root/test`` with the training split's classes.
+
+    A root with ``train.csv`` is a multi-label dataset (see the module docstring).
+    """
     root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a directory: pass a dataset root with train/ val/ test/ ImageFolders")
+    if (root / "train.csv").is_file():
+        return _load_csv_splits(root)
     missing = [s for s in SPLITS if not (root / s).is_dir()]
     if missing:
         raise DataError(
@@ -97,6 +172,20 @@ def load_splits(root: str | os.PathLike[str]) -> dict[str, ImageFolderSplit]:
     splits = {"train": train}
     for name in ("val", "test"):
         splits[name] = scan_image_folder(root / name, classes=train.classes)
+    return splits
+
+
+def _load_csv_splits(root: Path) -> dict[str, Split]:
+    classes = None
+    if (root / "classes.txt").is_file():
+        classes = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+    splits: dict[str, Split] = {}
+    for name in SPLITS:
+        splits[name] = read_label_csv(root / f"{name}.csv", classes)
+        classes = splits[name].classes
+    empty = [c for c, n in splits["train"].class_counts().items() if n == 0]
+    if empty:
+        raise DataError(f"{root / 'train.csv'}: classes {empty} have no images; add images or drop those classes")
     return splits
 
 
@@ -129,10 +218,40 @@ def write_demo_dataset(root: str | os.PathLike[str], *, seed: int = DEMO_SEED) -
     return root
 
 
-def preprocess_split(split: ImageFolderSplit, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Every image of a split through the artifact preprocessing: (N, C, H, W) float32, targets."""
+def preprocess_split(split: Split, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Every image of a split through the artifact preprocessing: (N, C, H, W) float32, targets
+    (class indices, or (N, classes) 0/1 for a multi-label split)."""
     batch = np.stack([spec(path) for path in split.paths])
-    return batch, np.asarray(split.targets, dtype=np.int64)
+    return batch, split.target_array()
+
+
+def log_class_counts(split: Split) -> dict[str, int]:
+    """Log (and return) the images per class, flagging imbalance: printed at the start of training."""
+    counts = split.class_counts()
+    logger.info("class counts in %s: %s", split.root, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    values = [v for v in counts.values() if v > 0]
+    if values and max(values) > 3 * min(values):
+        logger.info("imbalanced classes (largest/smallest %.1fx): consider --balance weighted or --balance sampler",
+                    max(values) / min(values))
+    return counts
+
+
+def class_weights(split: Split) -> np.ndarray:
+    """Inverse-frequency class weights normalised to mean 1 (``N / (C * count)``)."""
+    counts = np.asarray(list(split.class_counts().values()), dtype=np.float64)
+    weights = len(split) / (len(counts) * np.maximum(counts, 1.0))
+    return (weights / weights.mean()).astype(np.float32)
+
+
+def sample_weights(split: Split) -> np.ndarray:
+    """Per-image weights for a class-balanced sampler: each class drawn equally often.
+
+    A multi-label image takes the weight of its rarest label.
+    """
+    weights = class_weights(split)
+    if split.multi_label:
+        return np.where(split.targets > 0, weights[None, :], 0.0).max(1).clip(min=weights.min())
+    return weights[np.asarray(split.targets)]
 
 
 class ImageDataset:
@@ -144,20 +263,27 @@ class ImageDataset:
 
     max_bad_fraction = 0.05
 
-    def __init__(self, split: ImageFolderSplit, transform: Callable[[Image.Image], Any]) -> None:
+    def __init__(
+        self, split: Split, transform: Callable[[Image.Image], Any], extra_targets: np.ndarray | None = None
+    ) -> None:
         self.split = split
         self.transform = transform
+        self.extra_targets = extra_targets  # e.g. cached teacher logits, one row per image
         self.bad: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
         for offset in range(len(self.split)):
             i = (index + offset) % len(self.split)
             path = self.split.paths[i]
             try:
-                return self.transform(load_image(path)), self.split.targets[i]
+                image = self.transform(load_image(path))
+                target = self.split.targets[i]
+                if self.extra_targets is not None:
+                    return image, (target, self.extra_targets[i])
+                return image, target
             except InvalidImageError as e:
                 if path not in self.bad:
                     self.bad.add(path)

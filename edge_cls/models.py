@@ -102,6 +102,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     state = _read_state_dict(path)
+    _check_fit(model, state, path)
+    model.load_state_dict(state)
+
+
+def _check_fit(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -121,7 +126,31 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
             f"weights in {path} do not fit {type(model).__name__}: {'; '.join(parts)}. "
             "Check the model name and the number of classes"
         )
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
+    """Load weights trained for other classes: every key but the classifier's must fit; the
+    classifier is kept from ``model`` (freshly initialised) when its shape differs. Returns the
+    classifier keys that were not loaded."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    state = _read_state_dict(path)
+    own = model.state_dict()
+    head = model.pretrained_cfg.get("classifier") if hasattr(model, "pretrained_cfg") else None
+    heads = [head] if isinstance(head, str) else list(head or [])
+    dropped = [k for k in own if any(k.startswith(h + ".") for h in heads)
+               and (k not in state or tuple(state[k].shape) != tuple(own[k].shape))]
+    for k in dropped:
+        state[k] = own[k]
+    for k in [k for k in state if k not in own and any(k.startswith(h + ".") for h in heads)]:
+        del state[k]  # e.g. a head_dist in the file that this model does not have
+    _check_fit(model, state, path)
     model.load_state_dict(state)
+    if dropped:
+        logger.info("loaded %s without its classifier (%s): new head for %d classes", path, ", ".join(dropped),
+                    getattr(model, "num_classes", -1))
+    return dropped
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -146,12 +175,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, batch: np.ndarray, chunk: int = 256) -> np.ndarray:
+def predict_logits(
+    model: nn.Module, batch: np.ndarray, chunk: int = 256, device: torch.device | str | None = None
+) -> np.ndarray:
     """Eval-mode float32 logits of a preprocessed batch, computed in chunks; restores the mode."""
     was_training = model.training
     model.eval()
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    num_classes = getattr(model, "num_classes", 0)
     try:
-        return np.concatenate([model(torch.from_numpy(batch[i:i + chunk])).float().numpy() for i in range(0, len(batch), chunk)])
+        parts = [model(torch.from_numpy(batch[i:i + chunk]).to(device)).float().cpu().numpy()
+                 for i in range(0, len(batch), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, num_classes), np.float32)
     finally:
         model.train(was_training)
 

@@ -1,10 +1,11 @@
-"""``edge-cls build``: data -> teacher -> student alone and distilled -> artifacts -> benchmark.
+"""``edge-cls build``: the distillation stage (:mod:`edge_cls.distill`), then export and benchmark.
 
 Every stage writes into one build directory::
 
     build/demo/
       data/                      the bundled demo set as PNG ImageFolder splits (demo only)
-      checkpoints/               teacher.pt, student_alone.pt, student.pt (edge-cls checkpoints)
+      config.yaml                the resolved config
+      checkpoints/, runs/, evaluation.md, confusion_*.png   (the distillation stage)
       artifacts/<format>-<precision>/   manifest.json + model files, checked against PyTorch
       report.md, report.json, accuracy_latency.png
 """
@@ -14,9 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -24,39 +24,18 @@ import torch
 from ._fileio import write_json_atomic, write_text_atomic
 from .benchmark import BenchResult, bench_artifact, measure
 from .calibration_data import CalibrationSet
-from .data import ImageFolderSplit, load_splits, preprocess_split, write_demo_dataset
+from .data import Split, preprocess_split
+from .distill import (  # noqa: F401  (re-exported: the build config lives with the stage that reads most of it)
+    DEMO_INPUT_SIZE, DEMO_STUDENT, DEMO_TEACHER, BuildConfig, DistillOutcome, Trained, dataset_splits, model_kwargs,
+    run_distill,
+)
 from .export import ReferenceSet, export_artifacts, resolve_targets, tool_versions
-from .models import Checkpoint, ModelRecipe, create_model, predict_logits, spec_for_model
+from .models import Checkpoint, ModelRecipe, create_model, spec_for_model
 from .report import machine_description, markdown_table, plot_accuracy_latency, text_table
-from .train import DistillConfig, TrainConfig, accuracy, classification_task, distillation_task, fit
+from .tasks import classification_task
+from .train import TrainConfig, criterion_for, fit
 
 logger = logging.getLogger(__name__)
-
-DEMO_TEACHER = "vit_convstem_tiny"
-DEMO_STUDENT = "mobilenetv3_small_100"
-DEMO_INPUT_SIZE = 64
-
-
-@dataclass(frozen=True, kw_only=True)
-class BuildConfig:
-    """Everything ``edge-cls build`` does; the defaults run the offline demo."""
-
-    out_dir: Path = Path("build/demo")
-    data_dir: Path | None = None  # train/ val/ test/ ImageFolders; None: the bundled demo set
-    teacher: str = DEMO_TEACHER
-    teacher_weights: Path | None = None  # weights that already fit the classes: no teacher training
-    teacher_pretrained: bool = False  # start the teacher from hub weights, then fine-tune
-    student: str = DEMO_STUDENT
-    student_pretrained: bool = False
-    input_size: int = DEMO_INPUT_SIZE
-    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=1.5e-3))
-    student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3))
-    distill: DistillConfig = field(default_factory=DistillConfig)
-    formats: tuple[str, ...] = ("onnx", "openvino")
-    precisions: tuple[str, ...] = ("fp32", "int8")
-    calibration_size: int = 300
-    bench_iterations: int = 100
-    onnx_exporter: str = "dynamo"
 
 
 @dataclass
@@ -67,45 +46,54 @@ class BuildResult:
     table: str
 
 
-def _teacher_kwargs(name: str, input_size: int) -> dict[str, Any]:
-    """ViT-style models fix their input size at creation (position embeddings): pass img_size."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
-    return {"img_size": input_size} if cfg is not None and cfg.fixed_input_size else {}
-
-
-def dataset_splits(data_dir: Path | None, demo_dir: Path) -> dict[str, ImageFolderSplit]:
-    """The user's train/val/test ImageFolders, or the bundled demo set written to ``demo_dir``."""
-    return load_splits(Path(data_dir) if data_dir else write_demo_dataset(demo_dir))
-
-
 def train_model(
     name: str, out: Path, *, data_dir: Path | None, input_size: int, config: TrainConfig, pretrained: bool = False,
-    demo_dir: Path = Path("build/demo/data"),
+    weights: Path | None = None, demo_dir: Path = Path("build/demo/data"), run_dir: Path | None = None,
+    resume: bool = False,
 ) -> Checkpoint:
-    """Train one model on labels alone and save it as an edge-cls checkpoint (``edge-cls train``)."""
+    """Train (or fine-tune) one model on labels alone and save it as an edge-cls checkpoint.
+
+    ``weights``: a local weights file; a classifier for other classes is replaced by a new head.
+    This is ``edge-cls finetune-teacher`` (and ``edge-cls train``).
+    """
+    from .distributed import init_from_env
+    from .evaluate import evaluate_logits
+    from .models import load_backbone_weights, predict_logits
+
+    ctx = init_from_env()
     out = Path(out)
     splits = dataset_splits(data_dir, demo_dir)
     classes = splits["train"].classes
-    recipe = ModelRecipe(name=name, num_classes=len(classes), kwargs=_teacher_kwargs(name, input_size))
+    recipe = ModelRecipe(name=name, num_classes=len(classes), kwargs=model_kwargs(name, input_size))
     torch.manual_seed(config.seed)
-    model = create_model(recipe, pretrained=pretrained)
+    model = create_model(recipe, pretrained=pretrained and weights is None)
+    if weights is not None:
+        load_backbone_weights(model, weights)
     spec = spec_for_model(model, input_size=input_size)
-    result = fit(classification_task(model, config), splits["train"], spec, config, desc=name,
-                 val=preprocess_split(splits["val"], spec))
-    top1 = accuracy(model, *preprocess_split(splits["test"], spec))
-    checkpoint = Checkpoint.from_model(model, recipe, spec, classes, test_top1=top1, train_seconds=result.seconds,
-                                       train_config=asdict(config))
-    checkpoint.save(out)
+    task = classification_task(model, criterion_for(splits["train"], config), multi_label=splits["train"].multi_label)
+    run_dir = run_dir or out.with_suffix("").with_name(out.stem + "_run")
+    result = fit(task, splits["train"], spec, config, desc=name, val=preprocess_split(splits["val"], spec),
+                 run_dir=run_dir, resume=resume, context=ctx)
+    trained = result.model.eval()
+    test_batch, test_targets = preprocess_split(splits["test"], spec)
+    evaluation = evaluate_logits(predict_logits(trained, test_batch), test_targets, classes)
+    top1 = evaluation.metrics.get("top1", evaluation.metrics.get("mAP"))
+    checkpoint = Checkpoint.from_model(trained.cpu(), recipe, spec, classes, test_top1=top1, test=evaluation.metrics,
+                                       train_seconds=result.seconds, train_config=asdict(config))
+    if ctx.is_main:
+        checkpoint.save(out)
+    ctx.barrier()
     return checkpoint
 
 
-def build(config: BuildConfig) -> BuildResult:
-    """Run the whole pipeline and write the report; returns the benchmark rows."""
+def build(config: BuildConfig) -> BuildResult | None:
+    """Run the whole pipeline and write the report; returns the benchmark rows (None on ranks > 0)."""
     targets = resolve_targets(config.formats, config.precisions)  # fail fast on a bad format
     out = Path(config.out_dir)
-    stages: dict[str, float] = {}
+    outcome = run_distill(config)
+    if not outcome.context.is_main:
+        return None  # under torchrun only rank 0 exports and benchmarks
+    stages = dict(outcome.stage_seconds)
     clock = time.perf_counter()
 
     def lap(name: str) -> None:
@@ -114,69 +102,38 @@ def build(config: BuildConfig) -> BuildResult:
         stages[name] = now - clock
         clock = now
 
-    splits = dataset_splits(config.data_dir, out / "data")
-    classes = splits["train"].classes
-    logger.info("data: %s", {name: len(split) for name, split in splits.items()})
-    lap("data")
-
-    # Teacher: given weights, or trained (from scratch or from hub weights) on the train split.
-    teacher_recipe = ModelRecipe(name=config.teacher, num_classes=len(classes), kwargs=_teacher_kwargs(config.teacher, config.input_size))
-    teacher_weights = config.teacher_weights
-    torch.manual_seed(config.teacher_train.seed)
-    teacher = create_model(teacher_recipe, pretrained=config.teacher_pretrained, weights=teacher_weights)
-    teacher_spec = spec_for_model(teacher, input_size=config.input_size)
-    teacher_test = preprocess_split(splits["test"], teacher_spec)
-    if teacher_weights is None:
-        fit(classification_task(teacher, config.teacher_train), splits["train"], teacher_spec,
-            config.teacher_train, desc="teacher", val=preprocess_split(splits["val"], teacher_spec))
-    teacher.eval()
-    teacher_top1 = accuracy(teacher, *teacher_test)
-    Checkpoint.from_model(teacher, teacher_recipe, teacher_spec, classes, test_top1=teacher_top1).save(out / "checkpoints" / "teacher.pt")
-    logger.info("teacher %s: test top-1 %.4f", config.teacher, teacher_top1)
-    lap("teacher")
-
-    # Both students start from the same initial weights, so the comparison isolates distillation.
-    student_recipe = ModelRecipe(name=config.student, num_classes=len(classes))
-    torch.manual_seed(config.student_train.seed)
-    student_alone = create_model(student_recipe, pretrained=config.student_pretrained)
-    spec = spec_for_model(student_alone, input_size=config.input_size)
-    val = preprocess_split(splits["val"], spec)
+    splits, teacher, student, alone = outcome.splits, outcome.teacher, outcome.student, outcome.student_alone
+    student.model.cpu()
+    teacher.model.cpu()
+    spec = student.spec
     test_batch, test_targets = preprocess_split(splits["test"], spec)
-    fit(classification_task(student_alone, config.student_train), splits["train"], spec, config.student_train,
-        desc="student alone", val=val)
-    alone_top1 = accuracy(student_alone, test_batch, test_targets)
-    Checkpoint.from_model(student_alone, student_recipe, spec, classes, test_top1=alone_top1).save(out / "checkpoints" / "student_alone.pt")
-    lap("student_alone")
-
-    torch.manual_seed(config.student_train.seed)
-    student = create_model(student_recipe, pretrained=config.student_pretrained)
-    fit(distillation_task(student, teacher, config.student_train, config.distill), splits["train"], spec,
-        config.student_train, desc="distill", val=val)
-    student_top1 = accuracy(student.eval(), test_batch, test_targets)
-    Checkpoint.from_model(student, student_recipe, spec, classes, test_top1=student_top1).save(out / "checkpoints" / "student.pt")
-    lap("distill")
-
-    reference = ReferenceSet.from_model(student, test_batch, test_targets, name="test")
+    teacher_test = preprocess_split(splits["test"], teacher.spec)
+    task = "multi_label" if outcome.multi_label else "single_label"
+    reference = ReferenceSet.from_model(student.model, test_batch, None if outcome.multi_label else test_targets, name="test")
     calibration = CalibrationSet.from_split(splits["train"], spec, size=config.calibration_size)
     exported = export_artifacts(
-        student, spec, classes, out / "artifacts", targets, reference=reference, calibration=calibration,
-        model_name=config.student, onnx_exporter=config.onnx_exporter,
+        student.model, spec, outcome.classes, out / "artifacts", targets, reference=reference, calibration=calibration,
+        model_name=config.student, onnx_exporter=config.onnx_exporter, task=task,
     )
     lap("export")
 
-    rows = [
-        _bench_torch(f"teacher {config.teacher}", teacher, teacher_test, out / "checkpoints" / "teacher.pt", config),
-        _bench_torch(f"student alone {config.student}", student_alone, (test_batch, test_targets), out / "checkpoints" / "student_alone.pt", config),
-        _bench_torch(f"student KD {config.student}", student, (test_batch, test_targets), out / "checkpoints" / "student.pt", config, reference.logits),
-    ]
+    labels = None if outcome.multi_label else test_targets
+    rows = [_bench_torch(f"teacher {teacher.recipe.name}", teacher.model, (teacher_test[0], None if outcome.multi_label else teacher_test[1]),
+                         teacher.checkpoint, config)]
+    if alone is not None:
+        alone.model.cpu()
+        rows.append(_bench_torch(f"student alone {config.student}", alone.model, (test_batch, labels), alone.checkpoint, config))
+    rows.append(_bench_torch(f"student KD {config.student}", student.model, (test_batch, labels), student.checkpoint,
+                             config, reference.logits))
     for artifact in exported:
         rows.append(bench_artifact(
-            artifact.path, data=(test_batch, test_targets), reference_logits=reference.logits,
+            artifact.path, data=(test_batch, labels) if labels is not None else None, reference_logits=reference.logits,
             iterations=config.bench_iterations, name=f"student KD {artifact.target.name}",
         ))
     lap("benchmark")
 
-    teacher_source = f"loaded from `{teacher_weights}`" if teacher_weights else f"trained here for {config.teacher_train.epochs} epochs"
+    teacher_source = (f"loaded from `{config.teacher_weights}`" if teacher.seconds == 0 and config.teacher_weights
+                      else f"trained here for {config.teacher_train.epochs} epochs")
     report = _write_report(out, config, rows, stages, exported, splits, teacher_source)
     return BuildResult(rows, stages, report, text_table(rows))
 
@@ -199,7 +156,7 @@ def _bench_torch(
 
 def _write_report(
     out: Path, config: BuildConfig, rows: list[BenchResult], stages: dict[str, float], exported: list,
-    splits: dict[str, ImageFolderSplit], teacher_source: str,
+    splits: dict[str, Split], teacher_source: str,
 ) -> Path:
     plot = plot_accuracy_latency(rows, out / "accuracy_latency.png", title=f"{config.student} distilled from {config.teacher}")
     total = sum(stages.values())

@@ -108,3 +108,16 @@ def pytorch_logits(tiny_checkpoint):
             return model(torch.from_numpy(batch)).numpy()
 
     return run
+
+
+@pytest.fixture(scope="session")
+def multilabel_root(digits_root, tmp_path_factory) -> Path:
+    """A multi-label CSV dataset over the small digit set: each image is its digit, and even or odd."""
+    root = tmp_path_factory.mktemp("multilabel")
+    for split in PER_CLASS:
+        rows = ["path,labels"]
+        for path in sorted((digits_root / split).rglob("*.png")):
+            digit = int(path.parent.name)
+            rows.append(f"{path},d{digit} {'even' if digit % 2 == 0 else 'odd'}")
+        (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    return root

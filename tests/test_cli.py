@@ -161,3 +161,71 @@ def test_train_writes_a_checkpoint_usable_as_teacher_weights(tmp_path, digits_ro
     checkpoint = Checkpoint.load(out)
     assert checkpoint.recipe.kwargs == {"img_size": 32} and checkpoint.metrics["train_config"]["epochs"] == 1
     create_model(checkpoint.recipe, weights=out)  # loads as --teacher-weights would
+
+
+def test_distill_reads_a_config_file_and_flags_override_it(tmp_path, digits_root):
+    config = tmp_path / "distill.yaml"
+    config.write_text(
+        f"data_dir: {digits_root}\nteacher: test_vit\nstudent: test_efficientnet\ninput_size: 32\ncompare_alone: false\n"
+        "teacher_train:\n  epochs: 1\n  batch_size: 32\nstudent_train:\n  epochs: 3\n  batch_size: 32\n  ema_decay: 0.9\n"
+        "distill:\n  kind: hard\n"
+    )
+    out = tmp_path / "d"
+    result = run("distill", "--config", config, "--student-epochs", "1", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| top1 |" in result.stdout and "student:" in result.stdout
+    import yaml
+
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["student_train"]["epochs"] == 1  # the flag won
+    assert resolved["student_train"]["ema_decay"] == 0.9 and resolved["distill"]["kind"] == "hard"  # the file's
+    assert resolved["teacher"] == "test_vit" and resolved["out_dir"] == str(out)
+    assert (out / "checkpoints" / "student.pt").is_file()
+
+
+def test_distill_bad_inputs_are_one_line_errors(tmp_path):
+    empty = tmp_path / "empty"
+    for split in ("train", "val", "test"):
+        (empty / split / "cat").mkdir(parents=True)
+    assert_one_line_error(run("distill", "--data", empty, "--out", tmp_path / "o"), "has no images")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("studnet: resnet50\n")
+    assert_one_line_error(run("distill", "--config", bad), "unknown option(s) studnet")
+    assert_one_line_error(run("distill", "--config", tmp_path / "none.yaml"), "does not exist")
+
+
+def test_finetune_teacher_from_a_hub_style_weights_file_head_only(tmp_path, digits_root):
+    import torch
+    from safetensors.torch import save_file
+
+    from edge_cls.models import Checkpoint, ModelRecipe, create_model
+
+    hub_like = create_model(ModelRecipe(name="test_vit", num_classes=1000, kwargs={"img_size": 32}))
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in hub_like.state_dict().items()}, str(weights))
+    out = tmp_path / "teacher.pt"
+    result = run("finetune-teacher", "--model", "test_vit", "--weights", weights, "--head-only", "--data", digits_root,
+                 "--input-size", "32", "--epochs", "1", "--batch-size", "32", "--out", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = Checkpoint.load(out).state_dict
+    torch.testing.assert_close(trained["blocks.0.attn.qkv.weight"], hub_like.state_dict()["blocks.0.attn.qkv.weight"])
+    assert trained["head.weight"].shape == (10, hub_like.embed_dim)
+
+
+def test_finetune_teacher_bad_weights_and_truncated_resume(tmp_path, digits_root):
+    import torch
+
+    from edge_cls.models import ModelRecipe, create_model
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save(create_model(ModelRecipe(name="test_efficientnet", num_classes=10)).state_dict(), wrong)
+    common = ["--model", "test_vit", "--data", digits_root, "--input-size", "32", "--epochs", "2", "--batch-size", "32"]
+    assert_one_line_error(run("finetune-teacher", *common, "--weights", wrong, "--out", tmp_path / "t.pt"),
+                          "keys missing from the file")
+    state_dir = tmp_path / "t_run"
+    state_dir.mkdir()
+    (state_dir / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert_one_line_error(run("finetune-teacher", *common, "--resume", "--out", tmp_path / "t.pt"),
+                          "unreadable or truncated")
+    assert (state_dir / "last.pt").read_bytes() == b"PK\x03\x04 truncated"
+    assert not (tmp_path / "t.pt").exists()

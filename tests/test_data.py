@@ -66,3 +66,64 @@ def test_preprocess_split_uses_the_spec(digits_root):
     assert batch.shape == (len(split), 3, 16, 16) and batch.dtype == np.float32
     np.testing.assert_array_equal(batch[0], spec(split.paths[0]))
     assert targets.tolist() == split.targets
+
+
+def test_multi_label_csv(multilabel_root):
+    from edge_cls.data import load_splits
+
+    splits = load_splits(multilabel_root)
+    train = splits["train"]
+    assert train.multi_label and len(train.classes) == 12 and "even" in train.classes
+    assert train.targets.shape == (240, 12) and set(train.targets.sum(1)) == {2.0}
+    assert train.class_counts()["even"] == 120
+    assert splits["test"].classes == train.classes
+
+
+def test_csv_labels_outside_the_class_list(multilabel_root, tmp_path):
+    from edge_cls.data import read_label_csv
+    from edge_cls.errors import DataError
+
+    lines = (multilabel_root / "val.csv").read_text().splitlines()
+    bad = tmp_path / "val.csv"
+    bad.write_text("\n".join(lines[:3] + [lines[3].split(",")[0] + ",d1 prime"]) + "\n")
+    with pytest.raises(DataError, match="labels not in the class list: prime"):
+        read_label_csv(bad, classes=[f"d{i}" for i in range(10)] + ["even", "odd"])
+    (tmp_path / "missing.csv").write_text("path,labels\nnope.png,d1\n")
+    with pytest.raises(DataError, match="1 listed images do not exist"):
+        read_label_csv(tmp_path / "missing.csv")
+    (tmp_path / "header.csv").write_text("file,tags\na.png,x\n")
+    with pytest.raises(DataError, match="header 'path,labels'"):
+        read_label_csv(tmp_path / "header.csv")
+
+
+def test_a_class_in_classes_txt_without_images(multilabel_root, tmp_path):
+    import shutil
+
+    from edge_cls.data import load_splits
+    from edge_cls.errors import DataError
+
+    for name in ("train.csv", "val.csv", "test.csv"):
+        shutil.copy(multilabel_root / name, tmp_path / name)
+    (tmp_path / "classes.txt").write_text("\n".join([f"d{i}" for i in range(10)] + ["even", "odd", "prime"]) + "\n")
+    with pytest.raises(DataError, match=r"classes \['prime'\] have no images"):
+        load_splits(tmp_path)
+
+
+def test_class_and_sample_weights_balance_the_classes(tmp_path):
+    from edge_cls.data import ImageFolderSplit, class_weights, sample_weights
+
+    split = ImageFolderSplit(tmp_path, ["a", "b"], [tmp_path] * 5, [0, 0, 0, 0, 1])
+    weights = class_weights(split)
+    assert weights[1] / weights[0] == pytest.approx(4.0) and weights.mean() == pytest.approx(1.0)
+    per_image = sample_weights(split)
+    assert per_image[:4].sum() == pytest.approx(per_image[4])  # each class drawn equally often
+
+
+def test_empty_dataset_directory(tmp_path):
+    from edge_cls.data import load_splits
+    from edge_cls.errors import DataError
+
+    for split in ("train", "val", "test"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+    with pytest.raises(DataError, match="has no images"):
+        load_splits(tmp_path)

@@ -1,0 +1,7 @@
+"""``python -m edge_cls``: the CLI, also what ``torchrun -m edge_cls distill ...`` starts per process."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

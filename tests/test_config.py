@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import pytest
+
+from edge_cls.config import dump_yaml, from_dict, merge, read_config_file, to_plain
+from edge_cls.distill import BuildConfig
+from edge_cls.errors import ConfigError
+
+YAML = """
+teacher: vit_small_patch16_224.augreg_in21k_ft_in1k
+teacher_pretrained: true
+student: mobilenetv3_large_100
+input_size: 224
+formats: [onnx]
+student_train:
+  epochs: 100
+  mixup: 0.8
+  sizes: [160, 192, 224]
+distill:
+  temperature: 2
+"""
+
+
+def test_yaml_config_to_build_config(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(YAML)
+    data = merge(to_plain(BuildConfig()), read_config_file(path))
+    config = from_dict(BuildConfig, data)
+    assert config.student_train.sizes == (160, 192, 224) and config.student_train.epochs == 100
+    assert config.student_train.lr == BuildConfig().student_train.lr  # untouched keys keep their defaults
+    assert config.teacher_train.epochs == 15 and config.distill.temperature == 2.0
+    assert config.formats == ("onnx",) and isinstance(config.out_dir, Path)
+    again = from_dict(BuildConfig, merge(to_plain(BuildConfig()), __import__("yaml").safe_load(dump_yaml(config))))
+    assert again == config
+
+
+def test_toml_config(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('student = "efficientnet_b0"\n[distill]\nkind = "hard"\n')
+    config = from_dict(BuildConfig, merge(to_plain(BuildConfig()), read_config_file(path)))
+    assert config.student == "efficientnet_b0" and config.distill.kind == "hard"
+
+
+def test_flags_override_the_file():
+    merged = merge({"student_train": {"epochs": 100, "lr": 0.1}, "student": "a"},
+                   {"student_train": {"epochs": 3, "lr": None}, "student": None, "teacher": "t"})
+    assert merged == {"student_train": {"epochs": 3, "lr": 0.1}, "student": "a", "teacher": "t"}
+
+
+@pytest.mark.parametrize("text, match", [
+    ("studnet: x\n", "unknown option.*studnet"),
+    ("student_train:\n  epoch: 3\n", r"unknown option.*epoch in config.student_train"),
+    ("input_size: big\n", "config.input_size must be int"),
+    ("- a\n- b\n", "must hold a mapping"),
+    ("a: [\n", "not valid YAML"),
+    ("distill:\n  kind: attention\n", "distill kind must be one of"),
+])
+def test_bad_config_files(tmp_path, text, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        from_dict(BuildConfig, merge(to_plain(BuildConfig()), read_config_file(path)))
+
+
+def test_missing_or_unsupported_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        read_config_file(tmp_path / "nope.yaml")
+    (tmp_path / "c.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"must end in \.yaml"):
+        read_config_file(tmp_path / "c.json")
