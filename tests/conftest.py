@@ -40,14 +40,15 @@ def tiny_checkpoint(digits_root, tmp_path_factory):
     """A tiny student trained for one epoch on the small digit set, saved as an edge-cls checkpoint."""
     from edge_cls.data import load_splits
     from edge_cls.models import Checkpoint, ModelRecipe, create_model, spec_for_model
-    from edge_cls.train import TrainConfig, classification_task, fit
+    from edge_cls.tasks import classification_task
+    from edge_cls.train import TrainConfig, criterion_for, fit
 
     splits = load_splits(digits_root)
     recipe = ModelRecipe(name=TINY_STUDENT, num_classes=10)
     model = create_model(recipe)
     spec = spec_for_model(model, input_size=TINY_SIZE)
     config = TrainConfig(epochs=2, batch_size=32, lr=5e-3)
-    fit(classification_task(model, config), splits["train"], spec, config)
+    fit(classification_task(model, criterion_for(splits["train"], config)), splits["train"], spec, config)
     path = tmp_path_factory.mktemp("ckpt") / "student.pt"
     Checkpoint.from_model(model.eval(), recipe, spec, splits["train"].classes).save(path)
     return path

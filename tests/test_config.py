@@ -68,3 +68,10 @@ def test_missing_or_unsupported_config_file(tmp_path):
     (tmp_path / "c.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"must end in \.yaml"):
         read_config_file(tmp_path / "c.json")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_documented_recipes_are_valid_configs(path):
+    config = from_dict(BuildConfig, merge(to_plain(BuildConfig()), read_config_file(path)))
+    assert config.student_train.sizes[-1] == config.input_size
+    assert config.teacher_pretrained and config.student_pretrained
