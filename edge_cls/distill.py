@@ -101,6 +101,19 @@ class DistillOutcome:
         return self.splits["train"].multi_label
 
 
+class StageClock:
+    """Wall time per pipeline stage, in order: ``lap(name)`` closes the stage that just ran."""
+
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = dict(seconds or {})
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._last
+        self._last = now
+
+
 def model_kwargs(name: str, input_size: int) -> dict[str, Any]:
     """ViT-style models fix their input size at creation (position embeddings): pass img_size."""
     import timm
@@ -121,15 +134,8 @@ def run_distill(config: BuildConfig, context: DistContext | None = None) -> Dist
     """Teacher, distilled student (and the student alone), evaluated side by side on the test split."""
     ctx = context or init_from_env(config.device)
     out = Path(config.out_dir)
-    stages: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        stages[name] = now - clock
-        clock = now
-
+    clock = StageClock()
+    lap = clock.lap
     splits = dataset_splits(config.data_dir, out / "data")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -156,7 +162,7 @@ def run_distill(config: BuildConfig, context: DistContext | None = None) -> Dist
         evaluations = write_evaluation(out, [teacher, *([alone] if alone else []), student], splits)
     ctx.barrier()
     lap("evaluate")
-    return DistillOutcome(splits, teacher, student, alone, evaluations, stages, ctx)
+    return DistillOutcome(splits, teacher, student, alone, evaluations, clock.seconds, ctx)
 
 
 def prepare_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistContext) -> Trained:

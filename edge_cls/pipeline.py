@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,8 +25,8 @@ from .benchmark import BenchResult, bench_artifact, measure
 from .calibration_data import CalibrationSet
 from .data import Split, preprocess_split
 from .distill import (  # noqa: F401  (re-exported: the build config lives with the stage that reads most of it)
-    DEMO_INPUT_SIZE, DEMO_STUDENT, DEMO_TEACHER, BuildConfig, DistillOutcome, Trained, dataset_splits, model_kwargs,
-    run_distill,
+    DEMO_INPUT_SIZE, DEMO_STUDENT, DEMO_TEACHER, BuildConfig, DistillOutcome, StageClock, Trained, dataset_splits,
+    model_kwargs, run_distill,
 )
 from .export import ReferenceSet, export_artifacts, resolve_targets, tool_versions
 from .models import Checkpoint, ModelRecipe, create_model, spec_for_model
@@ -93,14 +92,8 @@ def build(config: BuildConfig) -> BuildResult | None:
     outcome = run_distill(config)
     if not outcome.context.is_main:
         return None  # under torchrun only rank 0 exports and benchmarks
-    stages = dict(outcome.stage_seconds)
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        stages[name] = now - clock
-        clock = now
+    clock = StageClock(outcome.stage_seconds)
+    lap, stages = clock.lap, clock.seconds
 
     splits, teacher, student, alone = outcome.splits, outcome.teacher, outcome.student, outcome.student_alone
     student.model.cpu()

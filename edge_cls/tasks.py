@@ -153,17 +153,32 @@ def distillation_task(
     return LogitDistillationTask(**common, temperature=config.temperature)
 
 
-class HardLabelDistillationTask(LogitDistillationTask):
-    """DeiT's hard distillation (Touvron et al. 2021): cross-entropy on the teacher's top-1."""
+class _LogitKD(LogitDistillationTask):
+    """timm's logit KD with the KD term swapped: subclasses define ``kd_loss``."""
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        student_logits = self.trainable_module(input)
-        task_loss = self.criterion(student_logits, target)
+    def kd_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def teacher_logits(self, input: torch.Tensor, target: Any) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = self.teacher(self.teacher.normalize_input(input, self.student_mean, self.student_std))
-        kd_loss = F.cross_entropy(student_logits, teacher_logits.argmax(-1))
+            return self.teacher(self.teacher.normalize_input(input, self.student_mean, self.student_std))
+
+    def labels(self, target: Any) -> torch.Tensor:
+        return target
+
+    def forward(self, input: torch.Tensor, target: Any) -> dict[str, torch.Tensor]:
+        student_logits = self.trainable_module(input)
+        task_loss = self.criterion(student_logits, self.labels(target))
+        kd_loss = self.kd_loss(student_logits, self.teacher_logits(input, target).to(student_logits.dtype))
         loss = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
         return {"loss": loss, "output": student_logits, "task_loss": task_loss, "kd_loss": kd_loss}
+
+
+class HardLabelDistillationTask(_LogitKD):
+    """DeiT's hard distillation (Touvron et al. 2021): cross-entropy on the teacher's top-1."""
+
+    def kd_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(student_logits, teacher_logits.argmax(-1))
 
 
 def _sigmoid_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -177,34 +192,29 @@ def _softmax_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temp
                     reduction="batchmean", log_target=True) * temperature ** 2
 
 
-class MultiLabelDistillationTask(LogitDistillationTask):
+class MultiLabelDistillationTask(_LogitKD):
     """KD for multi-label data: independent sigmoid targets from the teacher, BCE."""
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-        student_logits = self.trainable_module(input)
-        task_loss = self.criterion(student_logits, target)
-        with torch.no_grad():
-            teacher_logits = self.teacher(self.teacher.normalize_input(input, self.student_mean, self.student_std))
-        kd_loss = _sigmoid_kd(student_logits, teacher_logits, self.temperature)
-        loss = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
-        return {"loss": loss, "output": student_logits, "task_loss": task_loss, "kd_loss": kd_loss}
+    def kd_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return _sigmoid_kd(student_logits, teacher_logits, self.temperature)
 
 
-class CachedLogitDistillationTask(LogitDistillationTask):
+class CachedLogitDistillationTask(_LogitKD):
     """KD from teacher logits computed once; the target is ``(labels, teacher_logits)``."""
 
     def __init__(self, *args: Any, multi_label: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.multi_label = multi_label
 
-    def forward(self, input: torch.Tensor, target: Any) -> dict[str, torch.Tensor]:
-        labels, teacher_logits = target
-        student_logits = self.trainable_module(input)
-        task_loss = self.criterion(student_logits, labels)
+    def labels(self, target: Any) -> torch.Tensor:
+        return target[0]
+
+    def teacher_logits(self, input: torch.Tensor, target: Any) -> torch.Tensor:
+        return target[1]
+
+    def kd_loss(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         kd = _sigmoid_kd if self.multi_label else _softmax_kd
-        kd_loss = kd(student_logits, teacher_logits.to(student_logits.dtype), self.temperature)
-        loss = self.task_loss_weight * task_loss + self.distill_loss_weight * kd_loss
-        return {"loss": loss, "output": student_logits, "task_loss": task_loss, "kd_loss": kd_loss}
+        return kd(student_logits, teacher_logits, self.temperature)
 
 
 def eval_module(task: TrainingTask, ema: bool = False) -> nn.Module:
