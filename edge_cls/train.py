@@ -228,6 +228,8 @@ def fit(
                                 num_workers=config.workers, pin_memory=ctx.device.type == "cuda",
                                 generator=torch.Generator().manual_seed(config.seed + epoch))
             task.train()
+            if config.freeze_backbone:  # a frozen backbone keeps its normalisation statistics too
+                _freeze_norm_statistics(unwrap_model(task.trainable_module))
             losses: list[float] = []
             epoch_start = time.perf_counter()
             bar = tqdm(loader, desc=f"{desc} {epoch + 1}/{config.epochs}" + (f" @{size}px" if config.sizes else ""),
@@ -313,6 +315,12 @@ def _freeze_backbone(model: nn.Module) -> None:
         p.requires_grad_(False)
     for p in head.parameters():
         p.requires_grad_(True)
+
+
+def _freeze_norm_statistics(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
 
 
 def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
