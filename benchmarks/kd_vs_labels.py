@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import statistics
 import sys
 import time
@@ -50,6 +51,8 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--name", default="kd_vs_labels")
+    parser.add_argument("--reuse-alone", metavar="NAME",
+                        help="take the labels-only students from build/NAME (same seeds and student schedule): only KD changes")
     parser.add_argument("--iterations", type=int, default=200, help="timed batch-1 runs for the latency ratio")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -71,6 +74,12 @@ def main() -> int:
     runs = []
     for seed in args.seeds:
         out = work / f"seed{seed}"
+        if args.reuse_alone:
+            source = Path("build") / args.reuse_alone / f"seed{seed}" / "checkpoints" / "student_alone.pt"
+            target = out / "checkpoints" / "student_alone.pt"
+            if not target.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(source, target)
         config = replace(base, out_dir=out, teacher_weights=teacher_path, resume=True, distill=distill,
                          student_train=replace(student_train, seed=seed))
         outcome = run_distill(config)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ._fileio import atomic_path, write_json_atomic, write_text_atomic
-from .config import dump_yaml
+from .config import dump_yaml, to_plain
 from .data import Split, load_splits, preprocess_split, write_demo_dataset
 from .distributed import DistContext, init_from_env
 from .errors import ConfigError
@@ -56,6 +56,7 @@ class BuildConfig:
     teacher_input_size: int | None = None  # None: input_size
     student: str = DEMO_STUDENT
     student_pretrained: bool = False
+    student_weights: Path | None = None  # local weights to start the student from (a head for other classes is replaced)
     input_size: int = DEMO_INPUT_SIZE
     teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=1.5e-3))
     student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3))
@@ -245,7 +246,9 @@ def _train_stage(
     size = input_size or config.input_size
     if model is None:
         torch.manual_seed(train.seed)  # the same initial weights for the distilled and the label-only student
-        model = create_model(recipe, pretrained=pretrained)
+        model = create_model(recipe, pretrained=pretrained and config.student_weights is None)
+        if config.student_weights is not None:
+            load_backbone_weights(model, config.student_weights)
     spec = spec_for_model(model, input_size=size)
     split = splits["train"]
     val = preprocess_split(splits["val"], spec)
@@ -268,7 +271,7 @@ def _train_stage(
     if ctx.is_main:
         Checkpoint.from_model(trained.cpu(), recipe, spec, split.classes, test=evaluation.metrics,
                               test_top1=evaluation.metrics.get("top1", evaluation.metrics.get("mAP")),
-                              train_seconds=result.seconds, history=result.history).save(path)
+                              train_seconds=result.seconds, history=result.history, config=to_plain(config)).save(path)
         (run_dir / STATE_FILE).unlink(missing_ok=True)  # finished: the checkpoint is the record now
     ctx.barrier()
     return Trained(name, trained, recipe, spec, path, result.seconds)

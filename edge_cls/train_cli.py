@@ -84,6 +84,7 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-lr", type=float)
     p.add_argument("--student", help="timm model name of the student (default: mobilenetv3_small_100)")
     p.add_argument("--student-pretrained", action="store_true", default=None, help="start the student from hub weights")
+    p.add_argument("--student-weights", type=Path, help="start the student from a local weights file (offline pretrained init)")
     p.add_argument("--input-size", type=int, help="square input size of the student and its artifacts (default: 64)")
     p.add_argument("--student-epochs", "--epochs", type=int, help="epochs for the student (alone and distilled)")
     p.add_argument("--lr", type=float, help="student learning rate")
@@ -120,7 +121,8 @@ def resolve_build_config(args: argparse.Namespace) -> Any:
         "out_dir": args.out, "data_dir": args.data, "teacher": args.teacher, "teacher_weights": args.teacher_weights,
         "teacher_pretrained": args.teacher_pretrained, "teacher_finetune": args.teacher_finetune,
         "teacher_input_size": args.teacher_input_size, "student": args.student,
-        "student_pretrained": args.student_pretrained, "input_size": args.input_size,
+        "student_pretrained": args.student_pretrained, "student_weights": args.student_weights,
+        "input_size": args.input_size,
         "compare_alone": args.compare_alone, "resume": args.resume, "device": args.device,
         "teacher_train": {**shared, "epochs": args.teacher_epochs, "lr": args.teacher_lr,
                           "freeze_backbone": args.teacher_head_only},

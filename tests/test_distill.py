@@ -89,3 +89,17 @@ def test_teacher_weights_that_do_not_fit_name_the_keys_and_shapes(digits_root, t
 def test_a_dataset_directory_that_does_not_exist(tmp_path):
     with pytest.raises(ConfigError, match="is not a directory"):
         run_distill(BuildConfig(out_dir=tmp_path / "x", data_dir=tmp_path / "nope", **TINY))
+
+
+def test_student_from_a_local_weights_file_for_other_classes(digits_root, tmp_path):
+    imagenet_like = create_model(ModelRecipe(name="test_efficientnet", num_classes=1000))
+    weights = tmp_path / "student_in1k.pth"
+    torch.save(imagenet_like.state_dict(), weights)
+    config = BuildConfig(out_dir=tmp_path / "s", data_dir=digits_root, student_weights=weights, compare_alone=False,
+                         **{**TINY, "student_train": TrainConfig(epochs=1, batch_size=32, lr=1e-9, warmup_epochs=0)})
+    outcome = run_distill(config)
+    student = Checkpoint.load(outcome.student.checkpoint)
+    # lr ~0: the backbone is still the file's, the head is new and sized to the 10 classes
+    torch.testing.assert_close(student.state_dict["conv_stem.weight"], imagenet_like.state_dict()["conv_stem.weight"])
+    assert student.state_dict["classifier.weight"].shape[0] == 10
+    assert student.metrics["config"]["student_weights"] == str(weights)
