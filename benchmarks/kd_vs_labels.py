@@ -68,7 +68,9 @@ def main() -> int:
         teacher_cfg = replace(base, out_dir=work / "teacher", resume=True,
                               teacher_train=replace(base.teacher_train, epochs=args.teacher_epochs))
         prepare_teacher(teacher_cfg, dataset_splits(data, data), init_from_env())
-    teacher_seconds = Checkpoint.load(teacher_path).metrics.get("train_seconds", 0.0)
+    teacher_metrics = Checkpoint.load(teacher_path).metrics
+    teacher_seconds = teacher_metrics.get("train_seconds", 0.0)
+    teacher_epochs = len(teacher_metrics.get("history", [])) or args.teacher_epochs
 
     student_train = replace(base.student_train, epochs=args.student_epochs, mixup=args.mixup, ema_decay=args.ema_decay)
     distill = DistillConfig(temperature=args.temperature, distill_weight=args.distill_weight, task_weight=args.task_weight)
@@ -95,7 +97,7 @@ def main() -> int:
     latency = measure_latency(teacher_path, work / f"seed{args.seeds[0]}" / "checkpoints" / "student.pt",
                               work / "latency", args.iterations)
     result = {
-        "config": {"teacher_epochs": args.teacher_epochs, "teacher_train_seconds": teacher_seconds,
+        "config": {"teacher": str(teacher_path), "teacher_epochs": teacher_epochs, "teacher_train_seconds": teacher_seconds,
                    "student_train": to_plain(student_train), "distill": to_plain(distill), "seeds": args.seeds},
         "runs": runs, "latency": latency, "machine": machine_description(),
         "wall_seconds": time.perf_counter() - started,
