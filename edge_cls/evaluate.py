@@ -134,11 +134,6 @@ def _evaluate_multi_label(
     return Evaluation(name, len(targets), metrics, per_class)
 
 
-def headline(evaluation: Evaluation) -> str:
-    """The metric people quote first: top-1, or mAP for multi-label."""
-    return "top1" if "top1" in evaluation.metrics else "mAP"
-
-
 def comparison_table(evaluations: Sequence[Evaluation]) -> str:
     """Markdown: the models side by side, one row per metric, then per-class recall (or AP)."""
     metric_names = list(dict.fromkeys(k for e in evaluations for k in e.metrics))

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import io
 import logging
+import math
 import os
 import random
 import time
@@ -40,7 +41,7 @@ from ._fileio import atomic_path, write_text_atomic
 from .data import ImageDataset, Split, class_weights, log_class_counts, sample_weights
 from .distributed import DistContext, EpochSampler, init_from_env
 from .errors import CheckpointError, ConfigError, EdgeClsError
-from .evaluate import evaluate_logits, headline
+from .evaluate import evaluate_logits
 from .models import predict_logits
 from .preprocess import PreprocessSpec
 from .tasks import eval_module, label_criterion
@@ -241,7 +242,8 @@ def fit(
                     images, targets = mixup(images, targets)
                 with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     loss = task(images, targets)["loss"]
-                _check_finite(loss, ctx, desc, epoch, run_path)
+                loss_value = loss.item()  # the one host sync per step: logging and the NaN check share it
+                _check_finite(loss_value, ctx, desc, epoch, run_path)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -258,7 +260,7 @@ def fit(
                 updates += 1
                 task.update_ema(step=updates)
                 scheduler.step_update(num_updates=updates)
-                losses.append(loss.item())
+                losses.append(loss_value)
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             record: dict[str, float] = {
                 "epoch": epoch + 1, "size": size, "lr": optimizer.param_groups[0]["lr"],
@@ -296,16 +298,6 @@ def fit(
     return result
 
 
-def accuracy(model: nn.Module, batch: np.ndarray, targets: np.ndarray) -> float:
-    """Top-1 of a model on preprocessed images (mAP for multi-label targets)."""
-    evaluation = evaluate_logits(predict_logits(model, batch), targets, [str(i) for i in range(_num_classes(model, targets))])
-    return evaluation.metrics[headline(evaluation)]
-
-
-def _num_classes(model: nn.Module, targets: np.ndarray) -> int:
-    return int(getattr(unwrap_model(model), "num_classes", 0) or (targets.shape[1] if targets.ndim == 2 else targets.max() + 1))
-
-
 def _freeze_backbone(model: nn.Module) -> None:
     """Head-only training: every parameter frozen except the classifier's."""
     head = model.get_classifier()
@@ -339,8 +331,8 @@ def _to_device(targets: Any, device: torch.device) -> Any:
     return targets.to(device, non_blocking=True)
 
 
-def _check_finite(loss: torch.Tensor, ctx: DistContext, desc: str, epoch: int, run_path: Path | None) -> None:
-    finite = float(torch.isfinite(loss.detach()).all())
+def _check_finite(loss: float, ctx: DistContext, desc: str, epoch: int, run_path: Path | None) -> None:
+    finite = float(math.isfinite(loss))
     if ctx.enabled:  # every rank must stop together, or the others hang in the next all-reduce
         flag = torch.tensor([finite], device=ctx._comm_device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
@@ -349,7 +341,7 @@ def _check_finite(loss: torch.Tensor, ctx: DistContext, desc: str, epoch: int, r
         kept = (f"; the last good checkpoint is {run_path / STATE_FILE}" if run_path and (run_path / STATE_FILE).is_file()
                 else "")
         raise TrainingDivergedError(
-            f"{desc}: loss became {loss.item()} in epoch {epoch + 1}; lower the learning rate (--lr), turn on "
+            f"{desc}: loss became {loss} in epoch {epoch + 1}; lower the learning rate (--lr), turn on "
             f"gradient clipping (--clip-grad 1.0) or check the data{kept}"
         )
 

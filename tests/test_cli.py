@@ -156,7 +156,7 @@ def test_train_writes_a_checkpoint_usable_as_teacher_weights(tmp_path, digits_ro
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test top-1" in result.stdout
 
-    from edge_cls.models import Checkpoint, ModelRecipe, create_model
+    from edge_cls.models import Checkpoint, create_model
 
     checkpoint = Checkpoint.load(out)
     assert checkpoint.recipe.kwargs == {"img_size": 32} and checkpoint.metrics["train_config"]["epochs"] == 1
