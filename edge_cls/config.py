@@ -51,8 +51,8 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``overrides`` on top of ``base``, section by section; None means "not given"."""
     out = dict(base)
     for key, value in overrides.items():
-        if value is None:
-            continue
+        if value is None or (isinstance(value, dict) and all(v is None for v in value.values())):
+            continue  # not given (a section with no flags set must not hide what the file says)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         elif isinstance(value, dict):

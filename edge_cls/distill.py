@@ -137,6 +137,10 @@ def run_distill(config: BuildConfig, context: DistContext | None = None) -> Dist
     out = Path(config.out_dir)
     clock = StageClock()
     lap = clock.lap
+    _check_before_training(config)
+    if config.data_dir is None and ctx.is_main:
+        write_demo_dataset(out / "data")  # one writer; the other ranks wait at the barrier
+    ctx.barrier()
     splits = dataset_splits(config.data_dir, out / "data")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -166,6 +170,16 @@ def run_distill(config: BuildConfig, context: DistContext | None = None) -> Dist
     return DistillOutcome(splits, teacher, student, alone, evaluations, clock.seconds, ctx)
 
 
+def _check_before_training(config: BuildConfig) -> None:
+    """Mistakes that would otherwise surface only after the teacher has trained."""
+    for name, train, size in (("teacher_train", config.teacher_train, config.teacher_input_size or config.input_size),
+                              ("student_train", config.student_train, config.input_size)):
+        if train.sizes and train.sizes[-1] != size:
+            raise ConfigError(f"{name}.sizes must end at the input size {size}, got {list(train.sizes)}")
+    if config.distill.cache_teacher and config.student_train.mixes:
+        raise ConfigError("cache_teacher cannot be combined with student mixup/cutmix (the cache holds un-mixed images)")
+
+
 def prepare_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistContext) -> Trained:
     """Load the teacher, and fine-tune it on the labels unless its weights already fit the classes."""
     classes = splits["train"].classes
@@ -181,10 +195,10 @@ def prepare_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistCont
             recipe = ModelRecipe(name=checkpoint.recipe.name, num_classes=len(classes), kwargs=checkpoint.recipe.kwargs)
             model = create_model(recipe)
             load_backbone_weights(model, weights)
-            return _finetune_teacher(config, splits, ctx, model, recipe, size)
+            return _finetune_teacher(config, splits, ctx, model, recipe, checkpoint.spec.input_size[0])
         model = checkpoint.build()
         if config.teacher_finetune:
-            return _finetune_teacher(config, splits, ctx, model, checkpoint.recipe, size)
+            return _finetune_teacher(config, splits, ctx, model, checkpoint.recipe, checkpoint.spec.input_size[0])
         logger.info("teacher: %s from %s", checkpoint.recipe.name, weights)
         return Trained("teacher", model, checkpoint.recipe, checkpoint.spec, weights)
 
@@ -257,11 +271,12 @@ def _train_stage(
     if teacher is None:
         task = classification_task(model, criterion, multi_label=split.multi_label)
     else:
-        teacher_size = teacher.spec.input_size if _fixed_size(teacher.model) else None
+        # The teacher sees the student's view at its own input size (a fixed-size ViT needs it; a CNN
+        # fine-tuned at another size predicts best there, as the cached path computes it).
         task = distillation_task(model, teacher.model, criterion, config.distill, multi_label=split.multi_label,
-                                 teacher_size=teacher_size)
+                                 teacher_size=teacher.spec.input_size)
         if config.distill.cache_teacher:
-            cached = cache_teacher_logits(teacher, split, run_dir / "teacher_logits.npy", ctx)
+            cached = cache_teacher_logits(teacher, split, run_dir / "teacher_logits.npy", ctx, reuse=config.resume)
     resume = config.resume and (run_dir / STATE_FILE).is_file()
     result = fit(task, split, spec, train, desc=name, val=val, run_dir=run_dir, resume=resume, context=ctx,
                  teacher_logits=cached)
@@ -277,13 +292,10 @@ def _train_stage(
     return Trained(name, trained, recipe, spec, path, result.seconds)
 
 
-def _fixed_size(model: nn.Module) -> bool:
-    return bool(getattr(model, "pretrained_cfg", {}).get("fixed_input_size"))
-
-
-def cache_teacher_logits(teacher: Trained, split: Split, path: Path, ctx: DistContext) -> np.ndarray:
-    """The teacher's logits on every training image (its own eval preprocessing), computed once."""
-    if path.is_file():
+def cache_teacher_logits(teacher: Trained, split: Split, path: Path, ctx: DistContext, *, reuse: bool = False) -> np.ndarray:
+    """The teacher's logits on every training image (its own eval preprocessing), computed once;
+    ``reuse`` (resuming the same run) takes an existing cache of the right length."""
+    if reuse and path.is_file():
         logits = np.load(path)
         if logits.shape[0] == len(split):
             logger.info("teacher logits: reusing %s", path)

@@ -139,9 +139,14 @@ def size_for_epoch(config: TrainConfig, epoch: int, final: int) -> int:
     return config.sizes[min(epoch * len(config.sizes) // config.epochs, len(config.sizes) - 1)]
 
 
+def epoch_seed(seed: int, epoch: int = 0, rank: int = 0) -> int:
+    """One seed per (run seed, epoch, rank): what every random stream of that epoch starts from."""
+    return (seed * 1_000_003 + epoch * 1_009 + rank) % 2**31
+
+
 def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
     """Seed torch, numpy and Python's random (timm's crops and Mixup draw from the last two)."""
-    value = (seed * 1_000_003 + epoch * 1_009 + rank) % 2**31
+    value = epoch_seed(seed, epoch, rank)
     torch.manual_seed(value)
     random.seed(value)
     np.random.seed(value)
@@ -197,6 +202,9 @@ def fit(
     sampler = EpochSampler(len(train_split), seed=config.seed, rank=ctx.rank, world_size=ctx.world_size, weights=weights)
     drop_last = config.mixes or len(sampler) > config.batch_size
     steps_per_epoch = len(sampler) // config.batch_size if drop_last else -(-len(sampler) // config.batch_size)
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{len(train_split)} training images make no full batch of {config.batch_size} per process "
+                          "(Mixup/CutMix need full batches): lower --batch-size")
     scheduler, _ = create_scheduler_v2(
         optimizer, "cosine", num_epochs=config.epochs, warmup_epochs=config.warmup_epochs,
         warmup_lr=config.lr * 0.01, min_lr=config.lr * 0.01, updates_per_epoch=steps_per_epoch, step_on_epochs=False,
@@ -210,15 +218,16 @@ def fit(
     start_epoch = 0
     if saved is not None:
         _restore(saved, state_path, task, optimizer, scheduler, scaler, config)
-        start_epoch = int(saved["epoch"])
-        state = saved
-        result.history = list(state["history"])
+        start_epoch = min(int(saved["epoch"]), config.epochs)
+        result.history = list(saved["history"])[:start_epoch]
         result.resumed_from = start_epoch
         logger.info("%s: resumed from %s after epoch %d of %d", desc, state_path, start_epoch, config.epochs)
     writer = _tensorboard(run_path, start_epoch) if run_path and ctx.is_main else None
 
     started = time.perf_counter()
     updates = start_epoch * steps_per_epoch
+    if updates:
+        scheduler.step_update(num_updates=updates)
     try:
         for epoch in range(start_epoch, config.epochs):
             size = size_for_epoch(config, epoch, final_size)
@@ -227,7 +236,7 @@ def fit(
             dataset = ImageDataset(train_split, train_transform(spec, config, size), extra_targets=teacher_logits)
             loader = DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, drop_last=drop_last,
                                 num_workers=config.workers, pin_memory=ctx.device.type == "cuda",
-                                generator=torch.Generator().manual_seed(config.seed + epoch))
+                                generator=torch.Generator().manual_seed(epoch_seed(config.seed, epoch + 1, ctx.rank)))
             task.train()
             if config.freeze_backbone:  # a frozen backbone keeps its normalisation statistics too
                 _freeze_norm_statistics(unwrap_model(task.trainable_module))
@@ -366,9 +375,7 @@ def _rng_state() -> dict[str, Any]:
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
                   "has_gauss": has_gauss, "cached": cached},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return state  # CUDA streams need no state: every epoch reseeds them from (seed, epoch, rank)
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
@@ -376,8 +383,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_tuplify(state["python"]))
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _tuplify(value: Any) -> Any:
@@ -426,7 +431,7 @@ def _restore(state: dict[str, Any], path: Path, task: TrainingTask, optimizer: A
     if changed:
         logger.warning("resuming %s with a changed config (%s): the run will differ from the original", path, ", ".join(changed))
     if state["epoch"] >= config.epochs:
-        raise ConfigError(f"{path} already finished {state['epoch']} epochs; raise --epochs to train further")
+        logger.info("%s finished all %d epochs before the run stopped: nothing left to train", path, state["epoch"])
     try:
         unwrap_model(task.get_trainable_module()).load_state_dict(state["model"])
         if task.has_ema():
@@ -436,7 +441,8 @@ def _restore(state: dict[str, Any], path: Path, task: TrainingTask, optimizer: A
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"cannot resume from {path}: it does not fit this model or optimizer ({e})") from e
-    scheduler.load_state_dict(state["scheduler"])
+    # The scheduler is not loaded: its value is a function of the update count (set by the caller),
+    # and loading would also bring back the old run length if --epochs was raised.
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     _set_rng_state(state["rng"])

@@ -75,3 +75,9 @@ def test_the_documented_recipes_are_valid_configs(path):
     config = from_dict(BuildConfig, merge(to_plain(BuildConfig()), read_config_file(path)))
     assert config.student_train.sizes[-1] == config.input_size
     assert config.teacher_pretrained and config.student_pretrained
+
+
+def test_a_section_with_no_flags_does_not_hide_the_files_value():
+    assert merge({"distill": "hard"}, {"distill": {"kind": None, "temperature": None}}) == {"distill": "hard"}
+    with pytest.raises(ConfigError, match="config.distill must be a mapping"):
+        from_dict(BuildConfig, merge(to_plain(BuildConfig()), {"distill": "hard"}))

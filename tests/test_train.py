@@ -185,3 +185,21 @@ def test_bf16_amp_trains_on_cpu(digits_root):
     task, spec = _task(splits, config)
     result = fit(task, splits["train"], spec, config)
     assert np.isfinite(result.history[0]["loss"])
+
+
+def test_a_finished_run_resumes_to_its_result_and_can_be_extended(digits_root, tmp_path):
+    splits = load_splits(digits_root)
+    config = TrainConfig(epochs=2, lr=5e-3, batch_size=32)
+    task, spec = _task(splits, config)
+    run = tmp_path / "run"
+    first = fit(task, splits["train"], spec, config, run_dir=run)
+    task, spec = _task(splits, config, seed=9)
+    again = fit(task, splits["train"], spec, config, run_dir=run, resume=True)  # e.g. it died while saving
+    assert len(again.history) == 2
+    for key, value in first.model.state_dict().items():
+        torch.testing.assert_close(again.model.state_dict()[key], value)
+    longer = TrainConfig(epochs=4, lr=5e-3, batch_size=32)
+    task, spec = _task(splits, longer, seed=9)
+    extended = fit(task, splits["train"], spec, longer, run_dir=run, resume=True)
+    assert [h["epoch"] for h in extended.history] == [1, 2, 3, 4]
+    assert extended.history[2]["lr"] > 10 * longer.lr * 0.01  # the 4-epoch cosine, not the finished 2-epoch one
