@@ -75,15 +75,15 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
                    "multi-label (default: demo digits)")
     p.add_argument("--teacher", help="timm model name of the teacher (default: vit_convstem_tiny)")
     p.add_argument("--teacher-weights", type=Path, help="teacher weights: an edge-cls checkpoint or .pth/.safetensors")
-    p.add_argument("--teacher-pretrained", action="store_true", default=None, help="start the teacher from hub weights")
+    p.add_argument("--teacher-pretrained", action=argparse.BooleanOptionalAction, default=None, help="start the teacher from hub weights")
     p.add_argument("--teacher-finetune", action=argparse.BooleanOptionalAction, default=None,
                    help="fine-tune the teacher on the labels first (default: unless its weights fit the classes)")
-    p.add_argument("--teacher-head-only", action="store_true", default=None, help="fine-tune the teacher's head only")
+    p.add_argument("--teacher-head-only", action=argparse.BooleanOptionalAction, default=None, help="fine-tune the teacher's head only")
     p.add_argument("--teacher-input-size", type=int, help="teacher input size (default: --input-size)")
     p.add_argument("--teacher-epochs", type=int)
     p.add_argument("--teacher-lr", type=float)
     p.add_argument("--student", help="timm model name of the student (default: mobilenetv3_small_100)")
-    p.add_argument("--student-pretrained", action="store_true", default=None, help="start the student from hub weights")
+    p.add_argument("--student-pretrained", action=argparse.BooleanOptionalAction, default=None, help="start the student from hub weights")
     p.add_argument("--student-weights", type=Path, help="start the student from a local weights file (offline pretrained init)")
     p.add_argument("--input-size", type=int, help="square input size of the student and its artifacts (default: 64)")
     p.add_argument("--student-epochs", "--epochs", type=int, help="epochs for the student (alone and distilled)")
@@ -93,11 +93,11 @@ def _add_distill_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="KD temperature (default: 4)")
     p.add_argument("--distill-weight", type=float, help="weight of the KD loss (default: 1)")
     p.add_argument("--task-weight", type=float, help="weight of the label loss (default: 1)")
-    p.add_argument("--cache-teacher", action="store_true", default=None,
+    p.add_argument("--cache-teacher", action=argparse.BooleanOptionalAction, default=None,
                    help="compute teacher logits once (cheap, but no function matching; see README)")
     p.add_argument("--compare-alone", action=argparse.BooleanOptionalAction, default=None,
                    help="also train the student on labels alone (default: yes)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue an interrupted build in --out")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=None, help="continue an interrupted build in --out")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: CUDA when available")
 
 

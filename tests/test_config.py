@@ -81,3 +81,16 @@ def test_a_section_with_no_flags_does_not_hide_the_files_value():
     assert merge({"distill": "hard"}, {"distill": {"kind": None, "temperature": None}}) == {"distill": "hard"}
     with pytest.raises(ConfigError, match="config.distill must be a mapping"):
         from_dict(BuildConfig, merge(to_plain(BuildConfig()), {"distill": "hard"}))
+
+
+def test_a_flag_can_switch_off_what_the_file_switched_on(tmp_path):
+    from edge_cls.cli import _parser
+    from edge_cls.train_cli import resolve_build_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher_pretrained: true\ndistill:\n  cache_teacher: true\n")
+    args = _parser().parse_args(["distill", "--config", str(path), "--no-teacher-pretrained", "--no-cache-teacher"])
+    config = resolve_build_config(args)
+    assert config.teacher_pretrained is False and config.distill.cache_teacher is False
+    kept = resolve_build_config(_parser().parse_args(["distill", "--config", str(path)]))
+    assert kept.teacher_pretrained is True and kept.distill.cache_teacher is True
