@@ -27,10 +27,10 @@ from ._fileio import atomic_path, write_json_atomic, write_text_atomic
 from .config import dump_yaml, to_plain
 from .data import Split, load_splits, preprocess_split, write_demo_dataset
 from .distributed import DistContext, init_from_env
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .evaluate import Evaluation, comparison_table, evaluate_logits, plot_confusion
 from .models import (
-    CHECKPOINT_FORMAT, Checkpoint, ModelRecipe, create_model, load_backbone_weights, predict_logits, spec_for_model,
+    Checkpoint, ModelRecipe, create_model, load_backbone_weights, predict_logits, spec_for_model,
 )
 from .preprocess import PreprocessSpec
 from .tasks import DistillConfig, classification_task, distillation_task
@@ -185,8 +185,8 @@ def prepare_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistCont
     classes = splits["train"].classes
     size = config.teacher_input_size or config.input_size
     weights = Path(config.teacher_weights) if config.teacher_weights else None
-    if weights is not None and _is_edge_checkpoint(weights):
-        checkpoint = Checkpoint.load(weights)
+    checkpoint = _edge_checkpoint(weights) if weights is not None else None
+    if checkpoint is not None:
         if checkpoint.labels != classes:
             if config.teacher_finetune is False:
                 raise ConfigError(
@@ -229,14 +229,15 @@ def _finetune_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistCo
     return _train_stage("teacher", config, splits, recipe, config.teacher_train, ctx, model=model, input_size=size)
 
 
-def _is_edge_checkpoint(path: Path) -> bool:
-    if path.suffix == ".safetensors" or not path.is_file():
-        return False
+def _edge_checkpoint(path: Path) -> Checkpoint | None:
+    """The file as an edge-cls checkpoint, read once; None for anything else (a plain state dict,
+    or a bad file that ``load_backbone_weights`` then reports)."""
+    if path.suffix == ".safetensors":
+        return None
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not a torch file at all: load_backbone_weights reports it
-        return False
-    return isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT
+        return Checkpoint.load(path)
+    except CheckpointError:
+        return None
 
 
 def _train_stage(
