@@ -29,13 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_cls.config import to_plain
-from edge_cls.data import preprocess_split, write_demo_dataset
-from edge_cls.distill import BuildConfig, dataset_splits, prepare_teacher, run_distill
-from edge_cls.distributed import init_from_env
-from edge_cls.models import Checkpoint
+from edge_cls.config import BuildConfig, DistillConfig, to_plain
+from edge_cls.data import load_splits, preprocess_split, write_demo_dataset
 from edge_cls.report import machine_description
-from edge_cls.tasks import DistillConfig
+from edge_cls.training.checkpoints import Checkpoint
+from edge_cls.training.distill import finetune_teacher, run_distill
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -67,7 +65,7 @@ def main() -> int:
     if not teacher_path.is_file():
         teacher_cfg = replace(base, out_dir=work / "teacher", resume=True,
                               teacher_train=replace(base.teacher_train, epochs=args.teacher_epochs))
-        prepare_teacher(teacher_cfg, dataset_splits(data, data), init_from_env())
+        finetune_teacher(teacher_cfg)
     teacher_metrics = Checkpoint.load(teacher_path).metrics
     teacher_seconds = teacher_metrics.get("train_seconds", 0.0)
     teacher_epochs = len(teacher_metrics.get("history", [])) or args.teacher_epochs
@@ -113,7 +111,7 @@ def measure_latency(teacher: Path, student: Path, work: Path, iterations: int) -
     from edge_cls.benchmark import bench_artifact, measure
     from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
 
-    splits = dataset_splits(None, work.parent / "data")
+    splits = load_splits(work.parent / "data")
     out: dict[str, dict[str, float]] = {}
     for role, path in (("teacher", teacher), ("student", student)):
         checkpoint = Checkpoint.load(path)

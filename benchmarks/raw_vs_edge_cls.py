@@ -27,7 +27,7 @@ import torch
 from edge_cls.benchmark import time_calls
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets, tool_versions
-from edge_cls.models import ModelRecipe, create_model, spec_for_model
+from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
 from edge_cls.report import machine_description
 from edge_cls.runtimes import load
 

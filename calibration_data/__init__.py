@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_cls.data import IMAGE_SUFFIXES, ImageFolderSplit
+from edge_cls.data import IMAGE_SUFFIXES, Split
 from edge_cls.errors import DataError, InvalidImageError
 from edge_cls.preprocess import PreprocessSpec
 
@@ -59,12 +59,11 @@ class CalibrationSet:
         return cls(chosen, spec)
 
     @classmethod
-    def from_split(
-        cls, split: ImageFolderSplit, spec: PreprocessSpec, *, size: int = DEFAULT_SIZE, seed: int = 0
-    ) -> CalibrationSet:
-        """Up to ``size`` images of a dataset split, the same number from each class where possible."""
+    def from_split(cls, split: Split, spec: PreprocessSpec, *, size: int = DEFAULT_SIZE, seed: int = 0) -> CalibrationSet:
+        """Up to ``size`` images of a dataset split, the same number from each class where possible
+        (a multi-label image counts for its rarest label)."""
         rng = np.random.default_rng(seed)
-        targets = np.asarray(split.targets)
+        targets = stratum(split)
         per_class = [rng.permutation(np.flatnonzero(targets == c)) for c in range(len(split.classes))]
         chosen: list[int] = []
         depth = 0
@@ -84,4 +83,14 @@ class CalibrationSet:
             yield self.array[start:start + batch_size]
 
 
-__all__ = ["CalibrationSet", "DEFAULT_SIZE"]
+def stratum(split: Split) -> np.ndarray:
+    """One class index per image to stratify by: the label, or a multi-label image's rarest label."""
+    if not split.multi_label:
+        return np.asarray(split.targets, dtype=np.int64)
+    positives = split.targets > 0
+    counts = positives.sum(0)
+    rarity = np.where(positives, counts[None, :], np.iinfo(np.int64).max)
+    return rarity.argmin(1)
+
+
+__all__ = ["CalibrationSet", "DEFAULT_SIZE", "stratum"]

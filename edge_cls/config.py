@@ -1,10 +1,11 @@
-"""One config file (YAML or TOML) for ``edge-cls build`` and ``edge-cls distill``.
+"""Configuration: the dataclasses that describe a run, and the files (YAML or TOML) that set them.
 
-The file mirrors :class:`edge_cls.pipeline.BuildConfig`: top-level keys for data, models and
-export, and sections ``teacher_train``, ``student_train`` and ``distill``. Command-line flags
-override the file; the resolved config is written beside the checkpoints as ``config.yaml``.
-Unknown keys are errors that name the key and list the valid ones: a typo must not silently
-fall back to a default.
+Torch-free, so the command line resolves and checks a whole config (file, then flags) before any
+heavy import. :class:`BuildConfig` describes ``edge-cls build``/``distill``/``finetune-teacher``:
+top-level keys for data, models and export, and sections ``teacher_train``, ``student_train``
+(:class:`TrainConfig`) and ``distill`` (:class:`DistillConfig`). Command-line flags override the
+file; the resolved config is written beside the checkpoints as ``config.yaml``. Unknown keys are
+errors that name the key and list the valid ones: a typo must not silently fall back to a default.
 """
 
 from __future__ import annotations
@@ -13,12 +14,154 @@ import dataclasses
 import os
 import types
 import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+BALANCE_MODES = ("none", "weighted", "sampler")
+DISTILL_KINDS = ("logit", "hard", "feature")
+DEMO_TEACHER = "vit_convstem_tiny"
+DEMO_STUDENT = "mobilenetv3_small_100"
+DEMO_INPUT_SIZE = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """One training run: schedule, augmentation, regularisation, infrastructure."""
+
+    epochs: int = 10
+    batch_size: int = 64  # per process
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    optimizer: str = "adamw"  # any timm.optim name
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    scale: tuple[float, float] = (0.6, 1.0)  # RandomResizedCrop area range
+    hflip: float = 0.0  # digits and text must not be mirrored; 0.5 suits natural images
+    mixup: float = 0.0  # Mixup alpha (0: off)
+    cutmix: float = 0.0  # CutMix alpha (0: off)
+    ema_decay: float = 0.0  # EMA of the weights (e.g. 0.999; 0: off); the EMA model is the result
+    clip_grad: float = 0.0  # max gradient norm (0: off)
+    amp: str = "auto"  # auto: bf16/fp16 on CUDA, off on CPU; or off, bf16, fp16
+    balance: str = "none"  # none, weighted (class-weighted loss), sampler (class-balanced sampling)
+    sizes: tuple[int, ...] = ()  # progressive resizing, e.g. (48, 56, 64); the last is the export size
+    freeze_backbone: bool = False  # train the classifier head only
+    seed: int = 0
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        _at_least(self, "epochs", 1)
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "warmup_epochs", 0)
+        _at_least(self, "workers", 0)
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must not be negative, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(f"scale must be two fractions 0 < min <= max <= 1, got {list(self.scale)}")
+        if not 0 <= self.hflip <= 1:
+            raise ConfigError(f"hflip is a probability in [0, 1], got {self.hflip}")
+        if self.mixup < 0 or self.cutmix < 0 or self.clip_grad < 0:
+            raise ConfigError("mixup, cutmix and clip_grad must not be negative")
+        if self.amp not in AMP_MODES:
+            raise ConfigError(f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
+        if self.balance not in BALANCE_MODES:
+            raise ConfigError(f"balance must be one of {', '.join(BALANCE_MODES)}, got {self.balance!r}")
+        if (self.mixup or self.cutmix) and self.batch_size % 2:
+            raise ConfigError(f"Mixup/CutMix need an even batch size, got {self.batch_size}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if any(s < 8 for s in self.sizes):
+            raise ConfigError(f"progressive sizes must be at least 8 pixels, got {list(self.sizes)}")
+
+    @property
+    def mixes(self) -> bool:
+        return bool(self.mixup or self.cutmix)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig:
+    """How the student learns from the teacher.
+
+    ``logit``: loss = task_weight * CE(labels) + distill_weight * T^2 * KL(teacher_T || student_T)
+    (sigmoid/BCE targets for multi-label data). ``hard``: DeiT's hard-label KD,
+    task_weight * CE(labels) + distill_weight * CE(teacher's argmax). ``feature``: MSE between the
+    student's (projected) and the teacher's pooled features, plus the label loss.
+    ``cache_teacher``: run the teacher once over un-augmented training images and distil from
+    those logits: the teacher costs one pass instead of one per epoch, but its targets no longer
+    match the augmented view the student sees (no function matching, no Mixup), which Beyer et
+    al. found clearly worse on long schedules. For weak machines only.
+    """
+
+    kind: str = "logit"
+    temperature: float = 4.0
+    distill_weight: float = 1.0
+    task_weight: float = 1.0
+    cache_teacher: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in DISTILL_KINDS:
+            raise ConfigError(f"distill kind must be one of {', '.join(DISTILL_KINDS)}, got {self.kind!r}")
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if self.distill_weight < 0 or self.task_weight < 0:
+            raise ConfigError("loss weights must not be negative")
+        if self.cache_teacher and self.kind != "logit":
+            raise ConfigError("cache_teacher works with logit distillation only (kind: logit)")
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    """Everything ``edge-cls build``/``distill``/``finetune-teacher`` do; the defaults run the offline demo."""
+
+    out_dir: Path = Path("build/demo")
+    data_dir: Path | None = None  # train/ val/ test/ ImageFolders or train/val/test.csv; None: the demo set
+    teacher: str = DEMO_TEACHER
+    teacher_weights: Path | None = None  # edge-cls checkpoint, or .pth/.safetensors state dict
+    teacher_pretrained: bool = False  # start the teacher from hub weights
+    teacher_finetune: bool | None = None  # fine-tune on the labels first; None: unless weights fit the classes
+    teacher_input_size: int | None = None  # None: input_size
+    student: str = DEMO_STUDENT
+    student_pretrained: bool = False
+    student_weights: Path | None = None  # local weights to start the student from (a head for other classes is replaced)
+    input_size: int = DEMO_INPUT_SIZE
+    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=1.5e-3))
+    student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3))
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    compare_alone: bool = True  # also train the student on labels alone, same budget and initial weights
+    resume: bool = False  # continue interrupted stages; finished stages are loaded, not retrained
+    device: str | None = None  # cpu, cuda; None: CUDA when available
+    formats: tuple[str, ...] = ("onnx", "openvino")
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    calibration_size: int = 300
+    bench_iterations: int = 100
+    onnx_exporter: str = "dynamo"
+
+    def __post_init__(self) -> None:
+        _at_least(self, "input_size", 8)
+        if self.teacher_input_size is not None:
+            _at_least(self, "teacher_input_size", 8)
+        _at_least(self, "calibration_size", 1)
+        _at_least(self, "bench_iterations", 1)
+        if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.onnx_exporter not in ("dynamo", "torchscript"):
+            raise ConfigError(f"onnx_exporter must be dynamo or torchscript, got {self.onnx_exporter!r}")
+
+
+def _at_least(config: Any, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -7,7 +7,9 @@ to the CSV) and optionally ``classes.txt`` (one class per line; else the train C
 sorted). The demo set is written as an ImageFolder of real PNG files, so the demo exercises the
 same path as user data.
 
-Reading and checking files needs only numpy and pillow; :class:`ImageDataset` needs torch.
+Only numpy and pillow: scanning, checking and preprocessing a dataset runs wherever the runtime
+does (``edge-cls bench``/``check`` on a device). The training-side dataset is
+:class:`edge_cls.training.datasets.ImageDataset`.
 """
 
 from __future__ import annotations
@@ -18,14 +20,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from ._fileio import atomic_directory
-from .errors import DataError, InvalidImageError
-from .preprocess import PreprocessSpec, load_image
+from .errors import DataError
+from .preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +177,7 @@ def load_splits(root: str | os.PathLike[str]) -> dict[str, Split]:
 
 
 def _load_csv_splits(root: Path) -> dict[str, Split]:
-    classes = None
-    if (root / "classes.txt").is_file():
-        classes = [line.strip() for line in (root / "classes.txt").read_text().splitlines() if line.strip()]
+    classes = _read_classes(root / "classes.txt") if (root / "classes.txt").is_file() else None
     splits: dict[str, Split] = {}
     for name in SPLITS:
         splits[name] = read_label_csv(root / f"{name}.csv", classes)
@@ -187,6 +186,17 @@ def _load_csv_splits(root: Path) -> dict[str, Split]:
     if empty:
         raise DataError(f"{root / 'train.csv'}: classes {empty} have no images; add images or drop those classes")
     return splits
+
+
+def _read_classes(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not readable UTF-8 text ({e}): one class name per line") from e
+    classes = [line.strip() for line in text.splitlines() if line.strip()]
+    if not classes or len(set(classes)) != len(classes):
+        raise DataError(f"{path} must list each class once, one per line")
+    return classes
 
 
 def write_demo_dataset(root: str | os.PathLike[str], *, seed: int = DEMO_SEED) -> Path:
@@ -254,43 +264,17 @@ def sample_weights(split: Split) -> np.ndarray:
     return weights[np.asarray(split.targets)]
 
 
-class ImageDataset:
-    """A torch-style dataset over an ImageFolder split; ``transform`` maps a PIL RGB image to a tensor.
-
-    An image that cannot be decoded is skipped (a neighbour is returned) and counted; too many
-    skips stop the run, since the data set is then not what the user thinks.
-    """
-
-    max_bad_fraction = 0.05
-
-    def __init__(
-        self, split: Split, transform: Callable[[Image.Image], Any], extra_targets: np.ndarray | None = None
-    ) -> None:
-        self.split = split
-        self.transform = transform
-        self.extra_targets = extra_targets  # e.g. cached teacher logits, one row per image
-        self.bad: set[Path] = set()
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        for offset in range(len(self.split)):
-            i = (index + offset) % len(self.split)
-            path = self.split.paths[i]
-            try:
-                image = self.transform(load_image(path))
-                target = self.split.targets[i]
-                if self.extra_targets is not None:
-                    return image, (target, self.extra_targets[i])
-                return image, target
-            except InvalidImageError as e:
-                if path not in self.bad:
-                    self.bad.add(path)
-                    logger.warning("skipping unreadable image: %s", e)
-                if len(self.bad) > self.max_bad_fraction * len(self.split):
-                    raise DataError(
-                        f"{len(self.bad)} of {len(self.split)} images in {self.split.root} cannot be decoded; "
-                        "fix or remove them"
-                    ) from e
-        raise DataError(f"no image in {self.split.root} can be decoded")
+def labelled_split(path: str | os.PathLike[str], *, split: str = "test", classes: list[str] | None = None) -> Split:
+    """The ``split`` of a dataset root, or ``path`` itself when it is one labelled split (an
+    ImageFolder directory or a ``path,labels`` CSV). ``classes`` fixes the class order (an
+    artifact's labels)."""
+    path = Path(path)
+    if (path / f"{split}.csv").is_file():
+        if classes is None and (path / "classes.txt").is_file():
+            classes = _read_classes(path / "classes.txt")
+        return read_label_csv(path / f"{split}.csv", classes)
+    if (path / split).is_dir() and all((path / s).is_dir() for s in SPLITS):
+        return scan_image_folder(path / split, classes=classes)
+    if path.suffix == ".csv":
+        return read_label_csv(path, classes)
+    return scan_image_folder(path, classes=classes)

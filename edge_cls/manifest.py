@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._fileio import sha256_file, write_json_atomic
+from .backends import BACKEND_NAMES
 from .errors import ArtifactError, ConfigError
 from .predictions import TASKS
 from .preprocess import PreprocessSpec
@@ -24,7 +25,6 @@ from .preprocess import PreprocessSpec
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 FORMAT_NAME = "edge-cls-artifact"
-BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -103,7 +103,7 @@ class Manifest:
                 f"{source}: unknown schema_version {version} (this edge-cls reads {SCHEMA_VERSION}); "
                 "upgrade edge-cls or rebuild the artifact"
             )
-        backend = _choice(data, "backend", BACKENDS, source)
+        backend = _choice(data, "backend", BACKEND_NAMES, source)
         precision = _choice(data, "precision", PRECISIONS, source)
         task = _choice(data, "task", TASKS, source)
         labels = _field(data, "labels", list, source)

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from edge_cls.errors import ExportError
 from edge_cls.manifest import Manifest, describe_files
 from edge_cls.preprocess import PreprocessSpec
 
-from .formats import ExportTarget
+from .formats import BuildJob, ExportTarget
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ class ReferenceSet:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray | None = None, name: str = "test") -> ReferenceSet:
-        from edge_cls.models import predict_logits
+        from edge_cls.training.models import predict_logits
 
         return cls(batch, predict_logits(model, batch), targets, name)
 
@@ -97,7 +96,8 @@ def export_artifacts(
             started = time.perf_counter()
             path = out_dir / target.name
             with atomic_directory(path) as staging:
-                files, options = _build(target, source, staging, spec, labels, calibration)
+                job = BuildJob(source, staging, target.precision, spec, list(labels), calibration)
+                files, options = target.format.build_function()(job)
                 manifest = Manifest(
                     backend=target.format.backend, precision=target.precision, model_file=files[0],
                     spec=spec, labels=list(labels), files=describe_files(staging, files), task=task,
@@ -110,40 +110,6 @@ def export_artifacts(
             results.append(ExportedArtifact(target, path, manifest, seconds))
             logger.info("%s: %s in %.1fs", target.name, manifest.parity, seconds)
     return results
-
-
-def _build(
-    target: ExportTarget, source: Path, staging: Path, spec: PreprocessSpec, labels: list[str],
-    calibration: CalibrationSet | None,
-) -> tuple[list[str], dict[str, Any]]:
-    """Write the target's model files into ``staging``; return their names and runtime options."""
-    fmt, precision = target.format.name, target.precision
-    if fmt == "onnx":
-        out = staging / "model.onnx"
-        if precision == "fp32":
-            out.write_bytes(source.read_bytes())
-        elif precision == "fp16":
-            from .onnxruntime_export import convert_onnx_fp16
-
-            convert_onnx_fp16(source, out)
-        else:
-            from .onnxruntime_export import quantize_onnx_int8
-
-            quantize_onnx_int8(source, out, calibration)
-        return [out.name], {}
-    if fmt == "openvino":
-        from .openvino_export import export_openvino
-
-        written = export_openvino(source, staging / "model.xml", precision, spec, labels, calibration=calibration)
-        # An FP32 artifact must run in FP32: without the hint OpenVINO runs bf16 on AMX CPUs.
-        options = {"inference_precision": "f32"} if precision == "fp32" else {}
-        return [p.name for p in written], options
-    if fmt == "tensorrt":
-        from .tensorrt_export import build_engine
-
-        build_engine(source, staging / "model.engine", precision, spec, calibration=calibration)
-        return ["model.engine"], {}
-    raise ExportError(f"no builder for format {fmt!r}")
 
 
 def _check(target: ExportTarget, staging: Path, manifest: Manifest, reference: ReferenceSet) -> None:

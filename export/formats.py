@@ -1,39 +1,75 @@
-"""The export table: every format, the precisions it supports, and the runtime that runs it.
+"""The export table: every format, its precisions, the runtime that runs it, the builder that
+writes it and how to install what that builder needs.
 
 Arguments are validated against this table before any work starts (as Ultralytics' export
-table does), so a typo fails in a second, not after calibration.
+table does), so a typo fails in a second, not after calibration. Builders are named as
+``"module:function"`` and imported only when their format is built.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
+from edge_cls.backends import BACKENDS
 from edge_cls.errors import BackendUnavailableError, ConfigError
 
 
 @dataclass(frozen=True)
 class Format:
     name: str
-    backend: str  # the runtime backend that runs it
+    backend: str  # the runtime backend that runs it (a key of edge_cls.backends.BACKENDS)
     suffix: str  # the model file's suffix
     precisions: tuple[str, ...]
     device: str  # where it runs
-    extra: str  # the pip extra that builds it
+    builder: str  # "module:function" that writes its model files, see BuildJob
     packages: tuple[str, ...]  # what building it imports
+    install: str  # how to get those packages
+    precision_packages: dict[str, tuple[str, ...]] = field(default_factory=dict)  # extra needs per precision
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"format {self.name} names an unknown backend {self.backend!r}")
 
     def missing_packages(self, precision: str) -> list[str]:
-        needed = [*self.packages, *(["nncf"] if self.name == "openvino" and precision == "int8" else [])]
+        needed = [*self.packages, *self.precision_packages.get(precision, ())]
         return [name for name in needed if importlib.util.find_spec(name) is None]
+
+    def build_function(self) -> Callable[[BuildJob], tuple[list[str], dict[str, Any]]]:
+        module, function = self.builder.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """What a builder gets: the FP32 ONNX source, where to write, and what the target needs.
+    A builder returns the names of the files it wrote (model file first) and the runtime options
+    the manifest stores."""
+
+    source: Path  # the FP32 ONNX file every format starts from
+    staging: Path  # the artifact directory being built
+    precision: str
+    spec: Any  # PreprocessSpec
+    labels: list[str]
+    calibration: Any = None  # CalibrationSet, for INT8
 
 
 FORMATS: dict[str, Format] = {
-    "onnx": Format("onnx", "onnxruntime", ".onnx", ("fp32", "fp16", "int8"), "CPU/GPU", "export", ("onnx", "onnxruntime")),
-    "openvino": Format("openvino", "openvino", ".xml", ("fp32", "fp16", "int8"), "CPU/GPU/NPU", "export", ("onnx", "openvino")),
-    "tensorrt": Format(
-        "tensorrt", "tensorrt", ".engine", ("fp32", "fp16", "int8"), "NVIDIA GPU", "tensorrt", ("onnx", "onnxruntime", "tensorrt")
-    ),
+    f.name: f
+    for f in (
+        Format("onnx", "onnxruntime", ".onnx", ("fp32", "fp16", "int8"), "CPU/GPU",
+               "edge_cls.export.onnxruntime_export:build", ("onnx", "onnxruntime"), "pip install 'edge-cls[export]'"),
+        Format("openvino", "openvino", ".xml", ("fp32", "fp16", "int8"), "CPU/GPU/NPU",
+               "edge_cls.export.openvino_export:build", ("onnx", "openvino"), "pip install 'edge-cls[export]'",
+               precision_packages={"int8": ("nncf",)}),
+        Format("tensorrt", "tensorrt", ".engine", ("fp32", "fp16", "int8"), "NVIDIA GPU",
+               "edge_cls.export.tensorrt_export:build", ("onnx", "onnxruntime", "tensorrt"),
+               "pip install 'edge-cls[tensorrt]' on a machine with an NVIDIA GPU"),
+    )
 }
 
 
@@ -70,10 +106,7 @@ def resolve_targets(formats: Iterable[str], precisions: Iterable[str]) -> list[E
                 )
             missing = fmt.missing_packages(precision)
             if missing:
-                raise BackendUnavailableError(
-                    f"{name} {precision} export needs {', '.join(missing)}: pip install 'edge-cls[{fmt.extra}]'"
-                    + (" on a machine with an NVIDIA GPU" if name == "tensorrt" else "")
-                )
+                raise BackendUnavailableError(f"{name} {precision} export needs {', '.join(missing)}: {fmt.install}")
             targets.append(ExportTarget(fmt, precision))
     return targets
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -23,7 +25,23 @@ import onnx
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.errors import ExportError
 
+from .formats import BuildJob
+
 logger = logging.getLogger(__name__)
+
+
+def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
+    """The ``onnx`` format: the FP32 file as is, converted to FP16, or quantized to INT8."""
+    out = job.staging / "model.onnx"
+    if job.precision == "fp32":
+        shutil.copyfile(job.source, out)
+    elif job.precision == "fp16":
+        convert_onnx_fp16(job.source, out)
+    else:
+        if job.calibration is None:
+            raise ExportError("ONNX Runtime INT8 needs a calibration set")
+        quantize_onnx_int8(job.source, out, job.calibration)
+    return [out.name], {}
 
 
 def quantize_onnx_int8(

@@ -9,12 +9,24 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.errors import ExportError
 from edge_cls.preprocess import PreprocessSpec
 
+from .formats import BuildJob
+
 logger = logging.getLogger(__name__)
+
+
+def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
+    """The ``openvino`` format: an IR at the job's precision."""
+    written = export_openvino(job.source, job.staging / "model.xml", job.precision, job.spec, job.labels,
+                              calibration=job.calibration)
+    # An FP32 artifact must run in FP32: without the hint OpenVINO runs bf16 on CPUs that have it.
+    options = {"inference_precision": "f32"} if job.precision == "fp32" else {}
+    return [p.name for p in written], options
 
 
 def export_openvino(

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.errors import BackendUnavailableError, ExportError
 from edge_cls.preprocess import PreprocessSpec
 
+from .formats import BuildJob
+
 WORKSPACE_BYTES = 1 << 30
 MAX_BATCH = 32
+
+
+def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
+    """The ``tensorrt`` format: a serialized engine for this GPU."""
+    build_engine(job.source, job.staging / "model.engine", job.precision, job.spec, calibration=job.calibration)
+    return ["model.engine"], {}
 
 
 def build_engine(

@@ -13,34 +13,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_cls.backends import BACKENDS
 from edge_cls.errors import BackendUnavailableError, ConfigError
 from edge_cls.manifest import Manifest, load_manifest
 
 from .base import Backend, Classifier, ImageResult
-
-
-@dataclass(frozen=True)
-class BackendEntry:
-    target: str  # "module:Class"
-    package: str  # the import name of the library it needs
-    install: str  # how to get it
-
-
-BACKENDS: dict[str, BackendEntry] = {
-    "onnxruntime": BackendEntry(
-        "edge_cls.runtimes.onnxruntime_backend:OnnxRuntimeBackend", "onnxruntime", "pip install 'edge-cls[onnxruntime]'"
-    ),
-    "openvino": BackendEntry(
-        "edge_cls.runtimes.openvino_backend:OpenVINOBackend", "openvino", "pip install 'edge-cls[openvino]'"
-    ),
-    "tensorrt": BackendEntry(
-        "edge_cls.runtimes.tensorrt_backend:TensorRTBackend", "tensorrt", "pip install 'edge-cls[tensorrt]' (NVIDIA GPU only)"
-    ),
-}
 
 
 def backend_class(name: str) -> type[Backend]:

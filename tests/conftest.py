@@ -39,9 +39,11 @@ def digits_root(demo_root, tmp_path_factory) -> Path:
 def tiny_checkpoint(digits_root, tmp_path_factory):
     """A tiny student trained for one epoch on the small digit set, saved as an edge-cls checkpoint."""
     from edge_cls.data import load_splits
-    from edge_cls.models import Checkpoint, ModelRecipe, create_model, spec_for_model
-    from edge_cls.tasks import classification_task
-    from edge_cls.train import TrainConfig, criterion_for, fit
+    from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
+    from edge_cls.training.checkpoints import Checkpoint
+    from edge_cls.training.tasks import classification_task
+    from edge_cls.config import TrainConfig
+    from edge_cls.training.loop import criterion_for, fit
 
     splits = load_splits(digits_root)
     recipe = ModelRecipe(name=TINY_STUDENT, num_classes=10)
@@ -60,7 +62,7 @@ def artifacts(tiny_checkpoint, digits_root, tmp_path_factory) -> dict[str, Path]
     from edge_cls.calibration_data import CalibrationSet
     from edge_cls.data import load_splits, preprocess_split
     from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
-    from edge_cls.models import Checkpoint
+    from edge_cls.training.checkpoints import Checkpoint
 
     checkpoint = Checkpoint.load(tiny_checkpoint)
     model = checkpoint.build()
@@ -98,7 +100,7 @@ def pytorch_logits(tiny_checkpoint):
     """Logits of the tiny student in PyTorch for a list of images: the reference."""
     import torch
 
-    from edge_cls.models import Checkpoint
+    from edge_cls.training.checkpoints import Checkpoint
 
     checkpoint = Checkpoint.load(tiny_checkpoint)
     model = checkpoint.build()

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from edge_cls.config import dump_yaml, from_dict, merge, read_config_file, to_plain
-from edge_cls.distill import BuildConfig
+from edge_cls.config import BuildConfig
 from edge_cls.errors import ConfigError
 
 YAML = """
@@ -84,13 +84,13 @@ def test_a_section_with_no_flags_does_not_hide_the_files_value():
 
 
 def test_a_flag_can_switch_off_what_the_file_switched_on(tmp_path):
-    from edge_cls.cli import _parser
-    from edge_cls.train_cli import resolve_build_config
+    from edge_cls.cli import build_parser
+    from edge_cls.cli.training import resolve_build_config
 
     path = tmp_path / "c.yaml"
     path.write_text("teacher_pretrained: true\ndistill:\n  cache_teacher: true\n")
-    args = _parser().parse_args(["distill", "--config", str(path), "--no-teacher-pretrained", "--no-cache-teacher"])
+    args = build_parser().parse_args(["distill", "--config", str(path), "--no-teacher-pretrained", "--no-cache-teacher"])
     config = resolve_build_config(args)
     assert config.teacher_pretrained is False and config.distill.cache_teacher is False
-    kept = resolve_build_config(_parser().parse_args(["distill", "--config", str(path)]))
+    kept = resolve_build_config(build_parser().parse_args(["distill", "--config", str(path)]))
     assert kept.teacher_pretrained is True and kept.distill.cache_teacher is True

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_cls.data import DEMO_SPLIT_SIZES, ImageDataset, load_splits, preprocess_split, scan_image_folder
+from edge_cls.data import DEMO_SPLIT_SIZES, load_splits, preprocess_split, scan_image_folder
 from edge_cls.errors import DataError
 from edge_cls.preprocess import PreprocessSpec
 
@@ -45,18 +45,6 @@ def test_missing_split_and_unknown_class(tmp_path):
     make_folder(tmp_path / "test", {"c": 1})
     with pytest.raises(DataError, match=r"classes \['c'\]"):
         load_splits(tmp_path)
-
-
-def test_undecodable_images_are_skipped_then_stop(tmp_path):
-    root = make_folder(tmp_path, {"a": 30, "b": 30})
-    (root / "a" / "0.png").write_bytes(b"garbage")
-    dataset = ImageDataset(scan_image_folder(root), lambda image: np.asarray(image))
-    items = [dataset[i] for i in range(len(dataset))]
-    assert len(items) == 60 and len(dataset.bad) == 1
-    for i in range(1, 5):
-        (root / "b" / f"{i}.png").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="cannot be decoded"):
-        [dataset[i] for i in range(len(dataset))]
 
 
 def test_preprocess_split_uses_the_spec(digits_root):

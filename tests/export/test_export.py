@@ -10,7 +10,7 @@ import pytest
 from edge_cls.errors import ConfigError, ExportError
 from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
 from edge_cls.manifest import load_manifest
-from edge_cls.models import Checkpoint
+from edge_cls.training.checkpoints import Checkpoint
 from edge_cls.runtimes import load
 
 

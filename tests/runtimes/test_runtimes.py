@@ -127,7 +127,7 @@ class TestTensorRTFP16(RuntimeConformance):
     def classifier(self, tiny_checkpoint, digits_root, tmp_path):
         from edge_cls.data import load_splits, preprocess_split
         from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
-        from edge_cls.models import Checkpoint
+        from edge_cls.training.checkpoints import Checkpoint
 
         checkpoint = Checkpoint.load(tiny_checkpoint)
         model = checkpoint.build()

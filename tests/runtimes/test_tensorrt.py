@@ -25,7 +25,7 @@ def test_tensorrt_engine_matches_pytorch(precision, tiny_checkpoint, digits_root
     from edge_cls.calibration_data import CalibrationSet
     from edge_cls.data import load_splits, preprocess_split
     from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
-    from edge_cls.models import Checkpoint
+    from edge_cls.training.checkpoints import Checkpoint
     from edge_cls.runtimes import load
 
     checkpoint = Checkpoint.load(tiny_checkpoint)

@@ -13,7 +13,6 @@ on un-augmented images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,40 +25,8 @@ from timm.task import (
 )
 from timm.utils import unwrap_model
 
-from .errors import ConfigError
-
-DISTILL_KINDS = ("logit", "hard", "feature")
-
-
-@dataclass(frozen=True, kw_only=True)
-class DistillConfig:
-    """How the student learns from the teacher.
-
-    ``logit``: loss = task_weight * CE(labels) + distill_weight * T^2 * KL(teacher_T || student_T)
-    (sigmoid/BCE targets for multi-label data). ``hard``: DeiT's hard-label KD,
-    task_weight * CE(labels) + distill_weight * CE(teacher's argmax). ``feature``: MSE between the
-    student's (projected) and the teacher's pooled features, plus the label loss.
-    ``cache_teacher``: run the teacher once over un-augmented training images and distil from
-    those logits: the teacher costs one pass instead of one per epoch, but its targets no longer
-    match the augmented view the student sees (no function matching, no Mixup), which Beyer et
-    al. found clearly worse on long schedules. For weak machines only.
-    """
-
-    kind: str = "logit"
-    temperature: float = 4.0
-    distill_weight: float = 1.0
-    task_weight: float = 1.0
-    cache_teacher: bool = False
-
-    def __post_init__(self) -> None:
-        if self.kind not in DISTILL_KINDS:
-            raise ConfigError(f"distill kind must be one of {', '.join(DISTILL_KINDS)}, got {self.kind!r}")
-        if not self.temperature > 0:
-            raise ConfigError(f"temperature must be positive, got {self.temperature}")
-        if self.distill_weight < 0 or self.task_weight < 0:
-            raise ConfigError("loss weights must not be negative")
-        if self.cache_teacher and self.kind != "logit":
-            raise ConfigError("cache_teacher works with logit distillation only (kind: logit)")
+from ..config import DistillConfig
+from ..errors import ConfigError
 
 
 def label_criterion(

@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from edge_cls.distill import BuildConfig, run_distill
+from edge_cls.config import BuildConfig
+from edge_cls.training.distill import run_distill
 from edge_cls.errors import CheckpointError, ConfigError
-from edge_cls.models import Checkpoint, ModelRecipe, create_model
-from edge_cls.tasks import DistillConfig
-from edge_cls.train import TrainConfig
+from edge_cls.training.models import ModelRecipe, create_model
+from edge_cls.training.checkpoints import Checkpoint
+from edge_cls.config import DistillConfig
+from edge_cls.config import TrainConfig
 
 TINY = dict(teacher="test_vit", student="test_efficientnet", input_size=32,
             teacher_train=TrainConfig(epochs=1, batch_size=32, lr=5e-3),

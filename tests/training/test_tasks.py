@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from edge_cls.errors import ConfigError
-from edge_cls.models import ModelRecipe, create_model
-from edge_cls.tasks import (
+from edge_cls.training.models import ModelRecipe, create_model
+from edge_cls.training.tasks import (
     CachedLogitDistillationTask, DistillConfig, HardLabelDistillationTask, MultiLabelDistillationTask, TeacherAtSize,
     distillation_task, label_criterion,
 )

@@ -7,11 +7,11 @@ import torch
 from edge_cls.data import load_splits, preprocess_split
 from edge_cls.errors import CheckpointError, ConfigError
 from edge_cls.evaluate import evaluate_logits
-from edge_cls.models import ModelRecipe, create_model, predict_logits, spec_for_model
-from edge_cls.tasks import classification_task
-from edge_cls.train import (
-    STATE_FILE, TrainConfig, TrainingDivergedError, criterion_for, fit, read_state, size_for_epoch,
-)
+from edge_cls.training.models import ModelRecipe, create_model, predict_logits, spec_for_model
+from edge_cls.training.tasks import classification_task
+from edge_cls.config import TrainConfig
+from edge_cls.training.loop import TrainingDivergedError, criterion_for, fit, size_for_epoch
+from edge_cls.training.state import STATE_FILE, read_state
 
 SIZE = 32
 
@@ -45,7 +45,7 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(digits_root, 
     whole = fit(task, splits["train"], spec, config, val=val, run_dir=tmp_path / "whole")
 
     # The same run, killed half-way through its third epoch (a KeyboardInterrupt from the data loader).
-    import edge_cls.train as train_module
+    import edge_cls.training.loop as train_module
 
     original = train_module.ImageDataset.__getitem__
     calls = {"n": 0}

@@ -1,4 +1,4 @@
-"""``edge-cls build``: the distillation stage (:mod:`edge_cls.distill`), then export and benchmark.
+"""``edge-cls build``: the distillation stage (:mod:`edge_cls.training.distill`), then export and benchmark.
 
 Every stage writes into one build directory::
 
@@ -20,19 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ._fileio import write_json_atomic, write_text_atomic
-from .benchmark import BenchResult, bench_artifact, measure
-from .calibration_data import CalibrationSet
-from .data import Split, preprocess_split
-from .distill import (  # noqa: F401  (re-exported: the build config lives with the stage that reads most of it)
-    DEMO_INPUT_SIZE, DEMO_STUDENT, DEMO_TEACHER, BuildConfig, DistillOutcome, StageClock, Trained, dataset_splits,
-    model_kwargs, run_distill,
-)
-from .export import ReferenceSet, export_artifacts, resolve_targets, tool_versions
-from .models import Checkpoint, ModelRecipe, create_model, spec_for_model
-from .report import machine_description, markdown_table, plot_accuracy_latency, text_table
-from .tasks import classification_task
-from .train import TrainConfig, criterion_for, fit
+from .._fileio import write_json_atomic, write_text_atomic
+from ..benchmark import BenchResult, bench_artifact, measure
+from ..calibration_data import CalibrationSet
+from ..config import BuildConfig
+from ..data import Split, preprocess_split
+from ..export import ReferenceSet, export_artifacts, resolve_targets, tool_versions
+from ..report import machine_description, markdown_table, plot_accuracy_latency, text_table
+from .distill import StageClock, run_distill
 
 logger = logging.getLogger(__name__)
 
@@ -43,46 +38,6 @@ class BuildResult:
     stage_seconds: dict[str, float]
     report_path: Path
     table: str
-
-
-def train_model(
-    name: str, out: Path, *, data_dir: Path | None, input_size: int, config: TrainConfig, pretrained: bool = False,
-    weights: Path | None = None, demo_dir: Path = Path("build/demo/data"), run_dir: Path | None = None,
-    resume: bool = False,
-) -> Checkpoint:
-    """Train (or fine-tune) one model on labels alone and save it as an edge-cls checkpoint.
-
-    ``weights``: a local weights file; a classifier for other classes is replaced by a new head.
-    This is ``edge-cls finetune-teacher`` (and ``edge-cls train``).
-    """
-    from .distributed import init_from_env
-    from .evaluate import evaluate_logits
-    from .models import load_backbone_weights, predict_logits
-
-    ctx = init_from_env()
-    out = Path(out)
-    splits = dataset_splits(data_dir, demo_dir)
-    classes = splits["train"].classes
-    recipe = ModelRecipe(name=name, num_classes=len(classes), kwargs=model_kwargs(name, input_size))
-    torch.manual_seed(config.seed)
-    model = create_model(recipe, pretrained=pretrained and weights is None)
-    if weights is not None:
-        load_backbone_weights(model, weights)
-    spec = spec_for_model(model, input_size=input_size)
-    task = classification_task(model, criterion_for(splits["train"], config), multi_label=splits["train"].multi_label)
-    run_dir = run_dir or out.with_suffix("").with_name(out.stem + "_run")
-    result = fit(task, splits["train"], spec, config, desc=name, val=preprocess_split(splits["val"], spec),
-                 run_dir=run_dir, resume=resume, context=ctx)
-    trained = result.model.eval()
-    test_batch, test_targets = preprocess_split(splits["test"], spec)
-    evaluation = evaluate_logits(predict_logits(trained, test_batch), test_targets, classes)
-    top1 = evaluation.metrics.get("top1", evaluation.metrics.get("mAP"))
-    checkpoint = Checkpoint.from_model(trained.cpu(), recipe, spec, classes, test_top1=top1, test=evaluation.metrics,
-                                       train_seconds=result.seconds, train_config=asdict(config))
-    if ctx.is_main:
-        checkpoint.save(out)
-    ctx.barrier()
-    return checkpoint
 
 
 def build(config: BuildConfig) -> BuildResult | None:

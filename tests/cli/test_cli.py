@@ -18,15 +18,19 @@ def run(*args, timeout=600):
 
 
 def assert_one_line_error(result, match):
+    """Exit non-zero, no traceback, and the error is one line (log records of the work done before
+    the error may precede it)."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("edge-cls: error:"), result.stderr
-    assert match in lines[0], lines[0]
+    logged = ("DEBUG ", "INFO ", "WARNING ")
+    assert lines and all(line.startswith(logged) for line in lines[:-1]), result.stderr
+    assert lines[-1].startswith("edge-cls: error:"), result.stderr
+    assert match in lines[-1], lines[-1]
 
 
 def test_help_is_fast_and_light():
-    script = "import sys; from edge_cls.cli import _parser; _parser(); print(sorted(m for m in ('torch', 'timm', 'onnx', 'openvino') if m in sys.modules))"
+    script = "import sys; from edge_cls.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'timm', 'onnx', 'openvino') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
     assert run("--help").returncode == 0
@@ -116,7 +120,7 @@ def test_export_weights_that_do_not_fit(tmp_path, tiny_checkpoint, digits_root):
 def test_export_from_plain_state_dict_then_predict(tmp_path, digits_root, test_images):
     import torch
 
-    from edge_cls.models import ModelRecipe, create_model
+    from edge_cls.training.models import ModelRecipe, create_model
 
     model = create_model(ModelRecipe(name="test_efficientnet", num_classes=10))
     weights = tmp_path / "weights.pth"
@@ -156,7 +160,8 @@ def test_train_writes_a_checkpoint_usable_as_teacher_weights(tmp_path, digits_ro
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test top-1" in result.stdout
 
-    from edge_cls.models import Checkpoint, create_model
+    from edge_cls.training.models import create_model
+    from edge_cls.training.checkpoints import Checkpoint
 
     checkpoint = Checkpoint.load(out)
     assert checkpoint.recipe.kwargs == {"img_size": 32} and checkpoint.metrics["train_config"]["epochs"] == 1
@@ -198,7 +203,8 @@ def test_finetune_teacher_from_a_hub_style_weights_file_head_only(tmp_path, digi
     import torch
     from safetensors.torch import save_file
 
-    from edge_cls.models import Checkpoint, ModelRecipe, create_model
+    from edge_cls.training.models import ModelRecipe, create_model
+    from edge_cls.training.checkpoints import Checkpoint
 
     hub_like = create_model(ModelRecipe(name="test_vit", num_classes=1000, kwargs={"img_size": 32}))
     weights = tmp_path / "model.safetensors"
@@ -215,7 +221,7 @@ def test_finetune_teacher_from_a_hub_style_weights_file_head_only(tmp_path, digi
 def test_finetune_teacher_bad_weights_and_truncated_resume(tmp_path, digits_root):
     import torch
 
-    from edge_cls.models import ModelRecipe, create_model
+    from edge_cls.training.models import ModelRecipe, create_model
 
     wrong = tmp_path / "wrong.pth"
     torch.save(create_model(ModelRecipe(name="test_efficientnet", num_classes=10)).state_dict(), wrong)
@@ -223,7 +229,7 @@ def test_finetune_teacher_bad_weights_and_truncated_resume(tmp_path, digits_root
     assert_one_line_error(run("finetune-teacher", *common, "--weights", wrong, "--out", tmp_path / "t.pt"),
                           "keys missing from the file")
     state_dir = tmp_path / "t_run"
-    state_dir.mkdir()
+    state_dir.mkdir(exist_ok=True)
     (state_dir / "last.pt").write_bytes(b"PK\x03\x04 truncated")
     assert_one_line_error(run("finetune-teacher", *common, "--resume", "--out", tmp_path / "t.pt"),
                           "unreadable or truncated")

@@ -41,9 +41,17 @@ class DistContext:
         """The mean of a scalar over ranks."""
         if not self.enabled:
             return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self._comm_device)
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.comm_device)
         dist.all_reduce(tensor)
         return float(tensor.item()) / self.world_size
+
+    def all_true(self, flag: bool) -> bool:
+        """True only if ``flag`` is true on every rank (so all ranks take the same branch)."""
+        if not self.enabled:
+            return bool(flag)
+        tensor = torch.tensor([float(flag)], device=self.comm_device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return bool(tensor.item())
 
     def gather(self, array: np.ndarray) -> np.ndarray:
         """Concatenate each rank's array in rank order (rank 0 first)."""
@@ -61,7 +69,8 @@ class DistContext:
                 dist.broadcast(buffer.data, src=0)
 
     @property
-    def _comm_device(self) -> torch.device:
+    def comm_device(self) -> torch.device:
+        """Where collective tensors live: the GPU for NCCL, the CPU for gloo."""
         return self.device if dist.get_backend() == "nccl" else torch.device("cpu")
 
 

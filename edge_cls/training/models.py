@@ -1,10 +1,8 @@
-"""Models: timm creation, weights files, the preprocessing spec, and edge-cls checkpoints.
+"""Models: timm creation, weights files, logits, and the preprocessing spec of a model.
 
-Any timm model name works as teacher or student. One extra architecture is registered with
-timm's registry here: ``vit_convstem_tiny``, a small ViT whose patch embedding is a three-layer
-conv stem (Xiao et al. 2021, "Early convolutions help transformers see better"). A plain ViT
-trained from scratch on a few thousand images is weak; the conv stem makes the offline demo's
-teacher strong enough to teach.
+Any timm model name works as teacher or student; the demo's own teacher architecture is
+registered with timm by :mod:`edge_cls.training.vit_convstem` (imported here, so every model
+name is known wherever models are created).
 """
 
 from __future__ import annotations
@@ -20,41 +18,14 @@ import timm
 import torch
 import torch.nn as nn
 from timm.data import resolve_data_config
-from timm.models import generate_default_cfgs, register_model
-from timm.models.vision_transformer_hybrid import ConvStem, _create_vision_transformer_hybrid
 
-from ._fileio import atomic_path
-from .errors import CheckpointError, ConfigError
-from .preprocess import PreprocessSpec
+from ..errors import CheckpointError, ConfigError
+from ..preprocess import PreprocessSpec
+from . import vit_convstem  # noqa: F401  (registers the demo teacher with timm)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "edge-cls-checkpoint"
-CHECKPOINT_VERSION = 1
-
-default_cfgs = generate_default_cfgs({
-    "vit_convstem_tiny": {
-        "num_classes": 1000, "input_size": (3, 64, 64), "pool_size": None, "crop_pct": 0.9,
-        "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-        "first_conv": "patch_embed.backbone.0.conv", "classifier": "head", "license": "apache-2.0",
-        "fixed_input_size": True,
-    },
-})
-
-
-@register_model
-def vit_convstem_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """ViT-Tiny width (dim 192, 3 heads), 6 blocks, on a four-layer stride-16 conv stem: 3.0M
-    parameters, 16 tokens at 64 px."""
-    stem = ConvStem(
-        in_chans=kwargs.get("in_chans", 3), depth=4, channels=(32, 64, 128, 192), stride=(2, 2, 2, 2),
-        kernel_size=3, padding=1, act_layer=nn.GELU,
-    )
-    model_args = {"embed_dim": 192, "depth": 6, "num_heads": 3, "img_size": 64}
-    return _create_vision_transformer_hybrid(
-        "vit_convstem_tiny", backbone=stem, pretrained=pretrained, **{**model_args, **kwargs}
-    )
-
+CHECKPOINT_FORMAT = "edge-cls-checkpoint"  # also read here: a checkpoint works as a weights file
 
 @dataclass(frozen=True, kw_only=True)
 class ModelRecipe:
@@ -198,64 +169,7 @@ def spec_for_model(model: nn.Module, *, input_size: int | None = None) -> Prepro
     return PreprocessSpec.from_data_config(resolve_data_config(args, model=model))
 
 
-@dataclass(kw_only=True)
-class Checkpoint:
-    """A trained model with everything an export needs: recipe, weights, spec, labels, metrics."""
-
-    recipe: ModelRecipe
-    state_dict: dict[str, torch.Tensor]
-    spec: PreprocessSpec
-    labels: list[str]
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def build(self) -> nn.Module:
-        """The model in eval mode with the checkpoint's weights."""
-        model = create_model(self.recipe)
-        model.load_state_dict(self.state_dict)
-        return model.eval()
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write atomically: an interrupted save leaves the previous file intact."""
-        data = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "recipe": self.recipe.to_dict(),
-            "state_dict": self.state_dict,
-            "spec": self.spec.to_dict(),
-            "labels": list(self.labels),
-            "metrics": self.metrics,
-        }
-        with atomic_path(path) as tmp:
-            torch.save(data, tmp)
-        return Path(path)
-
-    @classmethod
-    def from_model(
-        cls, model: nn.Module, recipe: ModelRecipe, spec: PreprocessSpec, labels: list[str], **metrics: Any
-    ) -> Checkpoint:
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return cls(recipe=recipe, state_dict=state, spec=spec, labels=list(labels), metrics=dict(metrics))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # truncated zip, pickle errors, ...
-            raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(
-                f"{path} is not an edge-cls checkpoint; for a plain state dict use --weights with --model"
-            )
-        if data.get("version") != CHECKPOINT_VERSION:
-            raise CheckpointError(f"{path} has checkpoint version {data.get('version')}, expected {CHECKPOINT_VERSION}")
-        recipe = data["recipe"]
-        return cls(
-            recipe=ModelRecipe(name=recipe["name"], num_classes=recipe["num_classes"], kwargs=recipe["kwargs"]),
-            state_dict=data["state_dict"],
-            spec=PreprocessSpec.from_dict(data["spec"]),
-            labels=list(data["labels"]),
-            metrics=dict(data.get("metrics", {})),
-        )
+def model_kwargs(name: str, input_size: int) -> dict[str, Any]:
+    """ViT-style models fix their input size at creation (position embeddings): pass img_size."""
+    cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
+    return {"img_size": input_size} if cfg is not None and cfg.fixed_input_size else {}

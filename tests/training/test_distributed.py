@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from edge_cls.distributed import EpochSampler
+from edge_cls.training.distributed import EpochSampler
 
 
 def test_epoch_sampler_shards_cover_the_data_once_per_epoch():
@@ -59,7 +59,8 @@ def test_two_process_ddp_agrees_with_one_process(digits_root, tmp_path):
     # The validation metric is reduced over both ranks' shards; it must equal what one process
     # measures for the model rank 0 saved - true only if both ranks hold the same weights and buffers.
     from edge_cls.data import load_splits, preprocess_split
-    from edge_cls.models import Checkpoint, predict_logits
+    from edge_cls.training.models import predict_logits
+    from edge_cls.training.checkpoints import Checkpoint
 
     checkpoint = Checkpoint.load(tmp_path / "two" / "checkpoints" / "student.pt")
     batch, targets = preprocess_split(load_splits(digits_root)["val"], checkpoint.spec)

@@ -1,0 +1,234 @@
+"""The distillation stage: data -> teacher (loaded or fine-tuned) -> student (distilled, and
+optionally trained alone for comparison) -> evaluation, all under one build directory::
+
+    <out>/
+      config.yaml                  the resolved config (file + flags)
+      checkpoints/                 teacher.pt, student.pt, student_alone.pt (edge-cls checkpoints)
+      runs/<stage>/                last.pt (resumable state), metrics.csv, tensorboard/
+      evaluation.md, evaluation.json, confusion_<model>.png
+
+``edge-cls distill`` runs this stage; ``edge-cls build`` runs it and then exports and benchmarks;
+``edge-cls finetune-teacher`` runs its teacher part alone. Under ``torchrun`` every rank trains
+and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .._fileio import write_json_atomic, write_text_atomic
+from ..config import BuildConfig, dump_yaml, to_plain
+from ..data import Split, load_splits, preprocess_split, write_demo_dataset
+from ..errors import CheckpointError, ConfigError
+from ..evaluate import Evaluation, comparison_table, evaluate_logits, plot_confusion
+from .checkpoints import Checkpoint
+from .distributed import DistContext, init_from_env
+from .models import ModelRecipe, create_model, load_backbone_weights, model_kwargs, predict_logits, spec_for_model
+from .stage import StageModel, StagePaths, Trained, train_stage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillOutcome:
+    splits: dict[str, Split]
+    teacher: Trained
+    student: Trained
+    student_alone: Trained | None
+    evaluations: list[Evaluation]
+    stage_seconds: dict[str, float]
+    context: DistContext
+
+    @property
+    def classes(self) -> list[str]:
+        return self.splits["train"].classes
+
+    @property
+    def multi_label(self) -> bool:
+        return self.splits["train"].multi_label
+
+
+class StageClock:
+    """Wall time per pipeline stage, in order: ``lap(name)`` closes the stage that just ran."""
+
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = dict(seconds or {})
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self._last
+        self._last = now
+        logger.info("stage %s done in %.1fs", name, self.seconds[name])
+
+
+def dataset_splits(config: BuildConfig, ctx: DistContext) -> dict[str, Split]:
+    """The user's dataset, or the bundled demo set written (by rank 0) to ``<out>/data``."""
+    if config.data_dir is not None:
+        if not Path(config.data_dir).is_dir():
+            raise ConfigError(f"data {config.data_dir} is not a directory: pass a root with train/ val/ test/ "
+                              "ImageFolders or train.csv/val.csv/test.csv")
+        return load_splits(config.data_dir)
+    demo = Path(config.out_dir) / "data"
+    if ctx.is_main:
+        write_demo_dataset(demo)  # one writer; the other ranks wait at the barrier
+    ctx.barrier()
+    return load_splits(demo)
+
+
+def start_run(config: BuildConfig, ctx: DistContext) -> dict[str, Split]:
+    """Check the config, load the data and write the resolved config: what every command does first."""
+    _check_before_training(config)
+    splits = dataset_splits(config, ctx)
+    if ctx.is_main:
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(config.out_dir) / "config.yaml", dump_yaml(config))
+        logger.info("data: %s", {name: len(split) for name, split in splits.items()})
+    return splits
+
+
+def run_distill(config: BuildConfig, context: DistContext | None = None) -> DistillOutcome:
+    """Teacher, distilled student (and the student alone), evaluated side by side on the test split."""
+    ctx = context or init_from_env(config.device)
+    out = Path(config.out_dir)
+    clock = StageClock()
+    splits = start_run(config, ctx)
+    clock.lap("data")
+    teacher = prepare_teacher(config, splits, ctx)
+    clock.lap("teacher")
+
+    recipe = ModelRecipe(name=config.student, num_classes=len(splits["train"].classes),
+                         kwargs=model_kwargs(config.student, config.input_size))
+    start = StageModel(recipe=recipe, pretrained=config.student_pretrained, weights=config.student_weights,
+                       input_size=config.input_size)
+    record = to_plain(config)
+    alone = None
+    if config.compare_alone:
+        alone = train_stage("student_alone", start, splits, config.student_train, StagePaths.in_build(out, "student_alone"),
+                            ctx, resume=config.resume, record=record)
+        clock.lap("student_alone")
+    student = train_stage("student", start, splits, config.student_train, StagePaths.in_build(out, "student"), ctx,
+                          teacher=teacher, distill=config.distill, resume=config.resume, record=record)
+    clock.lap("distill")
+
+    evaluations = []
+    if ctx.is_main:
+        evaluations = write_evaluation(out, [teacher, *([alone] if alone else []), student], splits)
+    ctx.barrier()
+    clock.lap("evaluate")
+    return DistillOutcome(splits, teacher, student, alone, evaluations, clock.seconds, ctx)
+
+
+def _check_before_training(config: BuildConfig) -> None:
+    """Mistakes that would otherwise surface only after the teacher has trained."""
+    for name, train, size in (("teacher_train", config.teacher_train, config.teacher_input_size or config.input_size),
+                              ("student_train", config.student_train, config.input_size)):
+        if train.sizes and train.sizes[-1] != size:
+            raise ConfigError(f"{name}.sizes must end at the input size {size}, got {list(train.sizes)}")
+    if config.distill.cache_teacher and config.student_train.mixes:
+        raise ConfigError("cache_teacher cannot be combined with student mixup/cutmix (the cache holds un-mixed images)")
+
+
+def prepare_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistContext, *,
+                    paths: StagePaths | None = None) -> Trained:
+    """Load the teacher, and fine-tune it on the labels unless its weights already fit the classes
+    (``teacher_finetune`` True forces fine-tuning, False forbids it)."""
+    paths = paths or StagePaths.in_build(Path(config.out_dir), "teacher")
+    classes = splits["train"].classes
+    weights = Path(config.teacher_weights) if config.teacher_weights else None
+    checkpoint = _edge_checkpoint(weights) if weights is not None else None
+    if checkpoint is not None:
+        if checkpoint.labels == classes and not config.teacher_finetune:
+            logger.info("teacher: %s from %s", checkpoint.recipe.name, weights)
+            return Trained("teacher", checkpoint.build(), checkpoint.recipe, checkpoint.spec, weights)
+        if checkpoint.labels != classes and config.teacher_finetune is False:
+            raise ConfigError(
+                f"teacher checkpoint {weights} predicts {checkpoint.labels[:5]}... ({len(checkpoint.labels)} classes), "
+                f"not this dataset's {len(classes)} classes; allow fine-tuning (drop --no-teacher-finetune)")
+        recipe = ModelRecipe(name=checkpoint.recipe.name, num_classes=len(classes), kwargs=checkpoint.recipe.kwargs)
+        model = checkpoint.build() if checkpoint.labels == classes else _with_backbone(recipe, weights)
+        return _finetune(config, splits, ctx, model, recipe, checkpoint.spec.input_size[0], paths)
+
+    size = config.teacher_input_size or config.input_size
+    recipe = ModelRecipe(name=config.teacher, num_classes=len(classes), kwargs=model_kwargs(config.teacher, size))
+    torch.manual_seed(config.teacher_train.seed)
+    model = create_model(recipe, pretrained=config.teacher_pretrained and weights is None)
+    finetune = config.teacher_finetune
+    if weights is not None:
+        dropped = load_backbone_weights(model, weights)
+        if finetune is None:
+            finetune = bool(dropped)  # a new head must be trained; weights that fit are used as they are
+        elif finetune is False and dropped:
+            raise ConfigError(f"teacher weights {weights} have a classifier for other classes; they need fine-tuning "
+                              "on this dataset (drop --no-teacher-finetune)")
+    elif finetune is None:
+        finetune = True
+    if finetune:
+        return _finetune(config, splits, ctx, model, recipe, size, paths)
+    spec = spec_for_model(model, input_size=size)
+    if ctx.is_main:
+        Checkpoint.from_model(model.eval(), recipe, spec, classes).save(paths.checkpoint)
+    return Trained("teacher", model.eval(), recipe, spec, paths.checkpoint)
+
+
+def _with_backbone(recipe: ModelRecipe, weights: Path) -> torch.nn.Module:
+    model = create_model(recipe)
+    load_backbone_weights(model, weights)
+    return model
+
+
+def _finetune(config: BuildConfig, splits: dict[str, Split], ctx: DistContext, model: torch.nn.Module,
+              recipe: ModelRecipe, size: int, paths: StagePaths) -> Trained:
+    start = StageModel(recipe=recipe, model=model, input_size=size)
+    return train_stage("teacher", start, splits, config.teacher_train, paths, ctx, resume=config.resume,
+                       record=to_plain(config))
+
+
+def finetune_teacher(config: BuildConfig, paths: StagePaths | None = None) -> Trained:
+    """``edge-cls finetune-teacher``: the teacher part of :func:`run_distill`, always fine-tuned."""
+    from dataclasses import replace
+
+    ctx = init_from_env(config.device)
+    config = replace(config, teacher_finetune=True)
+    splits = start_run(config, ctx)
+    return prepare_teacher(config, splits, ctx, paths=paths)
+
+
+def _edge_checkpoint(path: Path) -> Checkpoint | None:
+    """The file as an edge-cls checkpoint, read once; None for anything else (a plain state dict,
+    or a bad file that ``load_backbone_weights`` then reports)."""
+    if path.suffix == ".safetensors":
+        return None
+    try:
+        return Checkpoint.load(path)
+    except CheckpointError:
+        return None
+
+
+def write_evaluation(out: Path, models: list[Trained], splits: dict[str, Split]) -> list[Evaluation]:
+    """Every model on the test split, side by side: evaluation.md/.json and a confusion PNG each."""
+    classes = splits["train"].classes
+    evaluations = []
+    for trained in models:
+        batch, targets = preprocess_split(splits["test"], trained.spec)
+        evaluations.append(evaluate_logits(predict_logits(trained.model, batch), targets, classes,
+                                           name=f"{trained.name} ({trained.recipe.name})"))
+    pictures = []
+    for trained, evaluation in zip(models, evaluations):
+        png = plot_confusion(evaluation, classes, out / f"confusion_{trained.name}.png")
+        if png:
+            pictures.append(f"![{trained.name}]({png.name})")
+    text = "\n".join([
+        "# Evaluation on the test split", "",
+        f"{len(splits['test'])} images, {len(classes)} classes. ECE: expected calibration error of the top-1 "
+        "confidence (15 bins; lower is better). Per-class recall = per-class accuracy.", "",
+        comparison_table(evaluations), "", *pictures,
+    ])
+    write_text_atomic(out / "evaluation.md", text + "\n")
+    write_json_atomic(out / "evaluation.json", [e.to_dict() for e in evaluations])
+    return evaluations
