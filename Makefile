@@ -19,6 +19,7 @@ demo: install
 	$(BIN)/edge-cls build --out build/demo
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -27,10 +27,12 @@ def main() -> None:
             f"{100 * s['kd_minus_alone']['mean']:+.2f} ± {100 * s['kd_minus_alone']['std']:.2f} | {wins}/{len(result['runs'])} |"
         )
     lines = [
-        "# KD versus labels only: every recipe tried", "",
+        "# KD versus labels only: every recipe tried",
+        "",
         "mobilenetv3_small_100 student on the demo digits, 3 seeds each (0, 1, 2), KD weight 1; test top-1 in %, "
         "mean ± sample std over seeds; *gain* is KD minus labels-only paired by seed; *wins*: seeds where KD was "
-        "higher. Rows that share a teacher and a schedule share their labels-only students.", "",
+        "higher. Rows that share a teacher and a schedule share their labels-only students.",
+        "",
         "| run | teacher top-1 | student epochs | mixup | T | label-loss weight | labels only | KD | gain (pts) | wins |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *rows,

@@ -50,8 +50,11 @@ def main() -> int:
     parser.add_argument("--distill-weight", type=float, default=1.0)
     parser.add_argument("--task-weight", type=float, default=1.0, help="weight of the label loss in KD (0: KD only)")
     parser.add_argument("--name", default="kd_vs_labels")
-    parser.add_argument("--reuse-alone", metavar="NAME",
-                        help="take the labels-only students from build/NAME (same seeds and student schedule): only KD changes")
+    parser.add_argument(
+        "--reuse-alone",
+        metavar="NAME",
+        help="take the labels-only students from build/NAME (same seeds and student schedule): only KD changes",
+    )
     parser.add_argument("--iterations", type=int, default=200, help="timed batch-1 runs for the latency ratio")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -71,7 +74,9 @@ def main() -> int:
     teacher_epochs = len(teacher_metrics.get("history", [])) or args.teacher_epochs
 
     student_train = replace(base.student_train, epochs=args.student_epochs, mixup=args.mixup, ema_decay=args.ema_decay)
-    distill = DistillConfig(temperature=args.temperature, distill_weight=args.distill_weight, task_weight=args.task_weight)
+    distill = DistillConfig(
+        temperature=args.temperature, distill_weight=args.distill_weight, task_weight=args.task_weight
+    )
     runs = []
     for seed in args.seeds:
         out = work / f"seed{seed}"
@@ -85,7 +90,10 @@ def main() -> int:
                          student_train=replace(student_train, seed=seed))
         outcome = run_distill(config)
         metrics = {e.name.split(" ")[0]: e.metrics for e in outcome.evaluations}
-        seconds = {"alone": outcome.student_alone.seconds, "kd": outcome.student.seconds}  # training, from the checkpoints
+        seconds = {
+            "alone": outcome.student_alone.seconds,
+            "kd": outcome.student.seconds,
+        }  # training, from the checkpoints
         runs.append({"seed": seed, "teacher": metrics["teacher"]["top1"], "alone": metrics["student_alone"]["top1"],
                      "kd": metrics["student"]["top1"], "seconds": seconds,
                      "ece": {k: v["ece"] for k, v in metrics.items()}})
@@ -95,9 +103,17 @@ def main() -> int:
     latency = measure_latency(teacher_path, work / f"seed{args.seeds[0]}" / "checkpoints" / "student.pt",
                               work / "latency", args.iterations)
     result = {
-        "config": {"teacher": str(teacher_path), "teacher_epochs": teacher_epochs, "teacher_train_seconds": teacher_seconds,
-                   "student_train": to_plain(student_train), "distill": to_plain(distill), "seeds": args.seeds},
-        "runs": runs, "latency": latency, "machine": machine_description(),
+        "config": {
+            "teacher": str(teacher_path),
+            "teacher_epochs": teacher_epochs,
+            "teacher_train_seconds": teacher_seconds,
+            "student_train": to_plain(student_train),
+            "distill": to_plain(distill),
+            "seeds": args.seeds,
+        },
+        "runs": runs,
+        "latency": latency,
+        "machine": machine_description(),
         "wall_seconds": time.perf_counter() - started,
     }
     write_results(args.name, result)
@@ -123,7 +139,7 @@ def measure_latency(teacher: Path, student: Path, work: Path, iterations: int) -
                                     model_name=checkpoint.recipe.name)[0]
         ort = bench_artifact(artifact.path, data=(batch, targets), iterations=iterations, name=role)
 
-        def run(x: np.ndarray) -> np.ndarray:
+        def run(x: np.ndarray, model: torch.nn.Module = model) -> np.ndarray:
             with torch.inference_mode():
                 return model(torch.from_numpy(x)).numpy()
 
@@ -156,28 +172,46 @@ def write_results(name: str, result: dict) -> None:
     ort_ratio = latency["student"]["onnxruntime_p50_ms"] / latency["teacher"]["onnxruntime_p50_ms"]
     eager_ratio = latency["student"]["pytorch_p50_ms"] / latency["teacher"]["pytorch_p50_ms"]
     lines = [
-        f"# KD versus labels only: {student_name} student, {teacher_name} teacher", "",
+        f"# KD versus labels only: {student_name} student, {teacher_name} teacher",
+        "",
         f"Demo digits (4,000 train / 500 val / 500 test), {st['epochs']} student epochs (lr {st['lr']}, batch "
         f"{st['batch_size']}, mixup {st['mixup']}, EMA {st['ema_decay']}), KD temperature {cfg['distill']['temperature']}, "
         f"KD weight {cfg['distill']['distill_weight']}, task weight {cfg['distill']['task_weight']}; teacher trained once for "
         f"{cfg['teacher_epochs']} epochs. Seeds {cfg['seeds']}: each seed sets the student's initial weights, data order "
-        "and augmentation, identical for the two students of that seed. Test top-1, mean ± sample std (min-max).", "",
-        "| model | test top-1 |", "|---|---|",
+        "and augmentation, identical for the two students of that seed. Test top-1, mean ± sample std (min-max).",
+        "",
+        "| model | test top-1 |",
+        "|---|---|",
         f"| teacher {teacher_name} ({latency['teacher']['params_m']:.1f}M params) | {pct(stats['teacher'])} |",
         f"| student {student_name} ({latency['student']['params_m']:.1f}M), labels only | {pct(stats['alone'])} |",
         f"| student {student_name}, distilled | {pct(stats['kd'])} |",
         f"| KD minus labels only (paired by seed) | {100 * statistics.fmean(gains):+.2f} pts ± {100 * result['summary']['kd_minus_alone']['std']:.2f} |",
-        "", "Per seed:", "", "| seed | teacher | labels only | KD | KD - labels |", "|---|---|---|---|---|",
-        *[f"| {r['seed']} | {100 * r['teacher']:.1f}% | {100 * r['alone']:.1f}% | {100 * r['kd']:.1f}% | "
-          f"{100 * (r['kd'] - r['alone']):+.1f} |" for r in runs],
-        "", "Latency, batch 1, p50, same run:", "",
-        "| model | ONNX Runtime FP32 ms | PyTorch eager ms |", "|---|---|---|",
-        *[f"| {role} {latency[role]['model']} | {latency[role]['onnxruntime_p50_ms']:.3f} | {latency[role]['pytorch_p50_ms']:.3f} |"
-          for role in ("teacher", "student")],
+        "",
+        "Per seed:",
+        "",
+        "| seed | teacher | labels only | KD | KD - labels |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['seed']} | {100 * r['teacher']:.1f}% | {100 * r['alone']:.1f}% | {100 * r['kd']:.1f}% | "
+            f"{100 * (r['kd'] - r['alone']):+.1f} |"
+            for r in runs
+        ],
+        "",
+        "Latency, batch 1, p50, same run:",
+        "",
+        "| model | ONNX Runtime FP32 ms | PyTorch eager ms |",
+        "|---|---|---|",
+        *[
+            f"| {role} {latency[role]['model']} | {latency[role]['onnxruntime_p50_ms']:.3f} | {latency[role]['pytorch_p50_ms']:.3f} |"
+            for role in ("teacher", "student")
+        ],
         f"| student / teacher | {ort_ratio:.2f} | {eager_ratio:.2f} |",
-        "", f"Training time per student run: labels only {statistics.fmean(r['seconds']['alone'] for r in runs):.0f} s, "
+        "",
+        f"Training time per student run: labels only {statistics.fmean(r['seconds']['alone'] for r in runs):.0f} s, "
         f"KD {statistics.fmean(r['seconds']['kd'] for r in runs):.0f} s; the teacher trained for {cfg['teacher_train_seconds']:.0f} s.",
-        f"Machine: {result['machine']}.", "", f"![per-seed accuracy]({name}.png)",
+        f"Machine: {result['machine']}.",
+        "",
+        f"![per-seed accuracy]({name}.png)",
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
@@ -194,9 +228,9 @@ def plot(name: str, runs: list[dict], stats: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     keys = [("teacher", "teacher"), ("alone", "student, labels only"), ("kd", "student, KD")]
-    for x, (key, label) in enumerate(keys):
+    for x, (key, _label) in enumerate(keys):
         values = [100 * r[key] for r in runs]
-        ax.scatter([x] * len(values), values, color="C%d" % x, zorder=3)
+        ax.scatter([x] * len(values), values, color=f"C{x}", zorder=3)
         ax.errorbar(x + 0.15, 100 * stats[key]["mean"], yerr=100 * stats[key]["std"], fmt="_", color="black", capsize=6,
                     markersize=14)
     for r in runs:

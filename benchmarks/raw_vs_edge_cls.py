@@ -27,9 +27,9 @@ import torch
 from edge_cls.benchmark import time_calls
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets, tool_versions
-from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
 from edge_cls.report import machine_description
 from edge_cls.runtimes import load
+from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_MODELS = ["mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0"]
@@ -39,8 +39,13 @@ def photo_like(seed: int, width: int = 320, height: int = 240) -> np.ndarray:
     """Smooth colour fields, hard-edged discs and noise: a stand-in for photos, offline."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    image = np.stack([127 + 80 * np.sin(2 * np.pi * (rng.uniform(0.5, 4) * x / width + rng.uniform(0.5, 4) * y / height))
-                      for _ in range(3)], axis=-1)
+    image = np.stack(
+        [
+            127 + 80 * np.sin(2 * np.pi * (rng.uniform(0.5, 4) * x / width + rng.uniform(0.5, 4) * y / height))
+            for _ in range(3)
+        ],
+        axis=-1,
+    )
     for _ in range(5):
         cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(5, 80)
         image[(x - cx) ** 2 + (y - cy) ** 2 < r ** 2] = rng.uniform(0, 255, 3)
@@ -63,8 +68,14 @@ def bench_model(name: str, iterations: int, work: Path) -> list[dict]:
         Image.fromarray(image).save(image_dir / f"{i}.png")
     reference = ReferenceSet.from_model(model, batch)
     exported = export_artifacts(
-        model, spec, [str(i) for i in range(1000)], work / name, resolve_targets(["onnx", "openvino"], ["fp32", "int8"]),
-        reference=reference, calibration=CalibrationSet.from_folder(image_dir, spec, size=64), model_name=name,
+        model,
+        spec,
+        [str(i) for i in range(1000)],
+        work / name,
+        resolve_targets(["onnx", "openvino"], ["fp32", "int8"]),
+        reference=reference,
+        calibration=CalibrationSet.from_folder(image_dir, spec, size=64),
+        model_name=name,
     )
     paths = {a.target.name: a.path for a in exported}
     one = np.ascontiguousarray(batch[:1])
@@ -115,12 +126,17 @@ def main() -> None:
         "",
         "| model | path | ran as | p50 ms | speed-up vs raw ORT | agree |",
         "|---|---|---|---|---|---|",
-        *[f"| {r['model']} | {r['path']} | {r.get('ran_as', 'f32')} | {r['p50_ms']:.2f} | {r['vs_raw_ort']:.2f}x | "
-          f"{100 * r['top1_agreement']:.1f}% |" for r in rows],
+        *[
+            f"| {r['model']} | {r['path']} | {r.get('ran_as', 'f32')} | {r['p50_ms']:.2f} | {r['vs_raw_ort']:.2f}x | "
+            f"{100 * r['top1_agreement']:.1f}% |"
+            for r in rows
+        ],
     ]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "raw_vs_edge_cls.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "raw_vs_edge_cls.json").write_text(json.dumps({"machine": machine_description(), "rows": rows}, indent=2))
+    (RESULTS / "raw_vs_edge_cls.json").write_text(
+        json.dumps({"machine": machine_description(), "rows": rows}, indent=2)
+    )
     print("\n".join(lines))
 
 

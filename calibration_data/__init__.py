@@ -59,7 +59,9 @@ class CalibrationSet:
         return cls(chosen, spec)
 
     @classmethod
-    def from_split(cls, split: Split, spec: PreprocessSpec, *, size: int = DEFAULT_SIZE, seed: int = 0) -> CalibrationSet:
+    def from_split(
+        cls, split: Split, spec: PreprocessSpec, *, size: int = DEFAULT_SIZE, seed: int = 0
+    ) -> CalibrationSet:
         """Up to ``size`` images of a dataset split, the same number from each class where possible
         (a multi-label image counts for its rarest label)."""
         rng = np.random.default_rng(seed)

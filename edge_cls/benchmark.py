@@ -38,7 +38,9 @@ class BenchResult:
         return asdict(self)
 
 
-def time_calls(fn: Callable[[], object], *, warmup: int = 10, iterations: int = 100, max_seconds: float = 20.0) -> np.ndarray:
+def time_calls(
+    fn: Callable[[], object], *, warmup: int = 10, iterations: int = 100, max_seconds: float = 20.0
+) -> np.ndarray:
     """Milliseconds per call of ``fn`` after ``warmup`` calls; stops early after ``max_seconds``."""
     if warmup < 0 or iterations < 1:
         raise ConfigError("warmup must be >= 0 and iterations >= 1")

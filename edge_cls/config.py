@@ -132,7 +132,9 @@ class BuildConfig:
     teacher_input_size: int | None = None  # None: input_size
     student: str = DEMO_STUDENT
     student_pretrained: bool = False
-    student_weights: Path | None = None  # local weights to start the student from (a head for other classes is replaced)
+    student_weights: Path | None = (
+        None  # local weights to start the student from (a head for other classes is replaced)
+    )
     input_size: int = DEMO_INPUT_SIZE
     teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=1.5e-3))
     student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3))

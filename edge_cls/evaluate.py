@@ -8,9 +8,10 @@ dependency for a few formulas).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,12 @@ class Evaluation:
     confusion: np.ndarray | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"name": self.name, "images": self.images, "metrics": self.metrics, "per_class": self.per_class}
+        data: dict[str, Any] = {
+            "name": self.name,
+            "images": self.images,
+            "metrics": self.metrics,
+            "per_class": self.per_class,
+        }
         if self.confusion is not None:
             data["confusion"] = self.confusion.tolist()
         return data

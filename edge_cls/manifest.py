@@ -176,12 +176,19 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     """Read and validate ``directory/manifest.json``; with ``verify``, check every file's sha256."""
     directory = Path(directory)
     if not directory.exists():
-        raise ArtifactError(f"{directory} does not exist: pass an artifact directory made by 'edge-cls build' or 'edge-cls export'")
+        raise ArtifactError(
+            f"{directory} does not exist: pass an artifact directory made by 'edge-cls build' or 'edge-cls export'"
+        )
     if not directory.is_dir():
-        raise ArtifactError(f"{directory} is a file, not an artifact directory: pass the directory that holds {MANIFEST_NAME}")
+        raise ArtifactError(
+            f"{directory} is a file, not an artifact directory: pass the directory that holds {MANIFEST_NAME}"
+        )
     path = directory / MANIFEST_NAME
     if not path.is_file():
-        raise ArtifactError(f"{directory} is not an artifact: it has no {MANIFEST_NAME} (build one with 'edge-cls build' or 'edge-cls export')")
+        raise ArtifactError(
+            f"{directory} is not an artifact: it has no {MANIFEST_NAME} "
+            "(build one with 'edge-cls build' or 'edge-cls export')"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

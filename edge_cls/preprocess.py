@@ -16,14 +16,14 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ConfigError, InvalidImageError
 
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 
 CROP_MODES = ("center", "squash", "border")
 INTERPOLATIONS = {
@@ -179,7 +179,9 @@ def _open(fp: Any, name: str) -> Image.Image:
     try:
         return Image.open(fp)
     except UnidentifiedImageError as e:
-        raise InvalidImageError(f"{name} is not an image format Pillow can read: pass a JPEG, PNG, BMP, WebP or TIFF") from e
+        raise InvalidImageError(
+            f"{name} is not an image format Pillow can read: pass a JPEG, PNG, BMP, WebP or TIFF"
+        ) from e
     except (OSError, Image.DecompressionBombError) as e:
         raise InvalidImageError(f"{name} could not be opened ({e})") from e
 

@@ -61,7 +61,8 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {system}, Python {platform.python_version()}"
 
 
 def plot_accuracy_latency(rows: Sequence[BenchResult], path: str | os.PathLike[str], title: str = "") -> Path | None:

@@ -42,7 +42,9 @@ class ReferenceSet:
     name: str = "test"
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray | None = None, name: str = "test") -> ReferenceSet:
+    def from_model(
+        cls, model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray | None = None, name: str = "test"
+    ) -> ReferenceSet:
         from edge_cls.training.models import predict_logits
 
         return cls(batch, predict_logits(model, batch), targets, name)

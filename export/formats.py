@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edge_cls.backends import BACKENDS
 from edge_cls.errors import BackendUnavailableError, ConfigError

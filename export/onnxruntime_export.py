@@ -48,7 +48,13 @@ def quantize_onnx_int8(
     fp32_path: Path, out_path: Path, calibration: CalibrationSet, *, input_name: str = "input", symmetric: bool = False
 ) -> Path:
     """Static QDQ INT8, per-channel weights; ``symmetric`` activations are what TensorRT needs."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
@@ -70,11 +76,19 @@ def quantize_onnx_int8(
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
                 try:
-                    quantize_static(str(prepared), str(out_path), Reader(), calibrate_method=CalibrationMethod.Percentile, **settings)
+                    quantize_static(
+                        str(prepared),
+                        str(out_path),
+                        Reader(),
+                        calibrate_method=CalibrationMethod.Percentile,
+                        **settings,
+                    )
                 except ValueError as e:
                     # Percentile histograms fail on an activation with a (near-)constant range.
                     logger.warning("percentile calibration failed (%s); calibrating with min-max instead", e)
-                    quantize_static(str(prepared), str(out_path), Reader(), calibrate_method=CalibrationMethod.MinMax, **settings)
+                    quantize_static(
+                        str(prepared), str(out_path), Reader(), calibrate_method=CalibrationMethod.MinMax, **settings
+                    )
         except Exception as e:  # ORT quantization raises many types
             raise ExportError(f"ONNX Runtime INT8 quantization of {fp32_path} failed ({type(e).__name__}: {e})") from e
     _copy_metadata(fp32_path, out_path)

@@ -45,7 +45,9 @@ def build_engine(
                 raise ExportError("TensorRT INT8 needs a calibration set")
             from .onnxruntime_export import quantize_onnx_int8
 
-            source = quantize_onnx_int8(onnx_path, Path(tmp) / "qdq.onnx", calibration, input_name=input_name, symmetric=True)
+            source = quantize_onnx_int8(
+                onnx_path, Path(tmp) / "qdq.onnx", calibration, input_name=input_name, symmetric=True
+            )
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10

@@ -40,7 +40,9 @@ def available_backends() -> list[str]:
     return [name for name, entry in BACKENDS.items() if importlib.util.find_spec(entry.package) is not None]
 
 
-def load(path: str | os.PathLike[str], *, backend: str | None = None, verify: bool = True, **options: Any) -> Classifier:
+def load(
+    path: str | os.PathLike[str], *, backend: str | None = None, verify: bool = True, **options: Any
+) -> Classifier:
     """Open an artifact directory and return a :class:`Classifier`.
 
     Args:

@@ -97,7 +97,9 @@ class Classifier:
             )
         if len(batch) <= chunk:
             return self.backend.run(np.ascontiguousarray(batch))
-        return np.concatenate([self.backend.run(np.ascontiguousarray(batch[i:i + chunk])) for i in range(0, len(batch), chunk)])
+        return np.concatenate(
+            [self.backend.run(np.ascontiguousarray(batch[i : i + chunk])) for i in range(0, len(batch), chunk)]
+        )
 
     def predict(
         self,
@@ -166,7 +168,8 @@ class Classifier:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return f"Classifier({str(self.path)!r}, backend={self.backend.name!r}, precision={m.precision!r}, classes={m.num_classes})"
+        return (f"Classifier({str(self.path)!r}, backend={self.backend.name!r}, precision={m.precision!r}, "
+                f"classes={m.num_classes})")
 
 
 def _describe(image: ImageInput) -> str:

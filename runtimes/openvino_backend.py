@@ -51,7 +51,8 @@ class OpenVINOBackend(Backend):
 
         if options:
             raise ConfigError(
-                f"unknown openvino options {sorted(options)}; known: device, inference_precision, performance_hint, threads"
+                f"unknown openvino options {sorted(options)}; "
+                "known: device, inference_precision, performance_hint, threads"
             )
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
         # An FP32 model keeps FP32 whatever the artifact (an ONNX file run here has no OpenVINO options).

@@ -26,7 +26,9 @@ def _cudart() -> Any:
         try:
             from cuda import cudart as runtime  # older cuda-python
         except ImportError as e:
-            raise BackendUnavailableError("the tensorrt backend needs cuda-python: pip install 'edge-cls[tensorrt]'") from e
+            raise BackendUnavailableError(
+                "the tensorrt backend needs cuda-python: pip install 'edge-cls[tensorrt]'"
+            ) from e
     return runtime
 
 

@@ -38,12 +38,12 @@ def digits_root(demo_root, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(digits_root, tmp_path_factory):
     """A tiny student trained for one epoch on the small digit set, saved as an edge-cls checkpoint."""
-    from edge_cls.data import load_splits
-    from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
-    from edge_cls.training.checkpoints import Checkpoint
-    from edge_cls.training.tasks import classification_task
     from edge_cls.config import TrainConfig
+    from edge_cls.data import load_splits
+    from edge_cls.training.checkpoints import Checkpoint
     from edge_cls.training.loop import criterion_for, fit
+    from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
+    from edge_cls.training.tasks import classification_task
 
     splits = load_splits(digits_root)
     recipe = ModelRecipe(name=TINY_STUDENT, num_classes=10)

@@ -22,8 +22,19 @@ def test_bench_artifact_without_data(artifacts):
 
 
 def row(name, top1, p50):
-    return BenchResult(name=name, backend="onnxruntime", precision="fp32", runtime_precision="f32", size_bytes=2_000_000,
-                       p50_ms=p50, p90_ms=p50 * 1.2, p99_ms=p50 * 1.5, throughput_ips=100.0, throughput_batch=8, top1=top1)
+    return BenchResult(
+        name=name,
+        backend="onnxruntime",
+        precision="fp32",
+        runtime_precision="f32",
+        size_bytes=2_000_000,
+        p50_ms=p50,
+        p90_ms=p50 * 1.2,
+        p99_ms=p50 * 1.5,
+        throughput_ips=100.0,
+        throughput_batch=8,
+        top1=top1,
+    )
 
 
 def test_tables_and_plot(tmp_path):

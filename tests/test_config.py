@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_cls.config import dump_yaml, from_dict, merge, read_config_file, to_plain
-from edge_cls.config import BuildConfig
+from edge_cls.config import BuildConfig, dump_yaml, from_dict, merge, read_config_file, to_plain
 from edge_cls.errors import ConfigError
 
 YAML = """
@@ -89,7 +88,9 @@ def test_a_flag_can_switch_off_what_the_file_switched_on(tmp_path):
 
     path = tmp_path / "c.yaml"
     path.write_text("teacher_pretrained: true\ndistill:\n  cache_teacher: true\n")
-    args = build_parser().parse_args(["distill", "--config", str(path), "--no-teacher-pretrained", "--no-cache-teacher"])
+    args = build_parser().parse_args(
+        ["distill", "--config", str(path), "--no-teacher-pretrained", "--no-cache-teacher"]
+    )
     config = resolve_build_config(args)
     assert config.teacher_pretrained is False and config.distill.cache_teacher is False
     kept = resolve_build_config(build_parser().parse_args(["distill", "--config", str(path)]))

@@ -31,7 +31,10 @@ def test_scan_orders_classes_and_targets(tmp_path):
     assert split.classes == ["a", "b"] and split.targets == [0, 0, 0, 1, 1]
 
 
-@pytest.mark.parametrize("layout, match", [({}, "no class sub-directories"), ({"a": 0, "b": 0}, "no images"), ({"a": 2, "b": 0}, "have no images")])
+@pytest.mark.parametrize(
+    "layout, match",
+    [({}, "no class sub-directories"), ({"a": 0, "b": 0}, "no images"), ({"a": 2, "b": 0}, "have no images")],
+)
 def test_bad_folders(tmp_path, layout, match):
     with pytest.raises(DataError, match=match):
         scan_image_folder(make_folder(tmp_path / "d", layout) if layout else (tmp_path / "d").mkdir() or tmp_path / "d")

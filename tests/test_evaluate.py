@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from edge_cls.evaluate import (
-    average_precision, comparison_table, confusion_matrix, evaluate_logits, expected_calibration_error, plot_confusion,
+    average_precision,
+    comparison_table,
+    confusion_matrix,
+    evaluate_logits,
+    expected_calibration_error,
+    plot_confusion,
     top_k_accuracy,
 )
 

@@ -30,7 +30,7 @@ def natural_image(width: int, height: int, seed: int) -> Image.Image:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     channels = []
-    for c in range(3):
+    for _ in range(3):
         fx, fy, phase = rng.uniform(0.5, 4, 2).tolist() + [rng.uniform(0, 6.28)]
         base = 127 + 80 * np.sin(2 * np.pi * (fx * x / width + fy * y / height) + phase)
         channels.append(base)
@@ -72,7 +72,13 @@ def test_matches_timm_other_crop_modes_and_rectangles(crop_mode, input_size):
 
 
 def test_center_rectangle_matches_timm():
-    cfg = {"input_size": (3, 160, 224), "interpolation": "bicubic", "crop_pct": 0.95, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    cfg = {
+        "input_size": (3, 160, 224),
+        "interpolation": "bicubic",
+        "crop_pct": 0.95,
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+    }
     reference = timm.data.create_transform(**cfg)
     spec = PreprocessSpec.from_data_config(cfg)
     image = natural_image(301, 207, 3)
@@ -80,15 +86,24 @@ def test_center_rectangle_matches_timm():
 
 
 def test_spec_round_trips_through_dict():
-    spec = PreprocessSpec(input_size=(64, 48), crop_pct=0.9, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    spec = PreprocessSpec(
+        input_size=(64, 48), crop_pct=0.9, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    )
     assert PreprocessSpec.from_dict(spec.to_dict()) == spec
 
 
-@pytest.mark.parametrize("bad", [
-    {"input_size": (0, 10)}, {"input_size": (10, 10), "crop_pct": 1.5}, {"input_size": (10, 10), "interpolation": "cubic"},
-    {"input_size": (10, 10), "mean": (0.5, 0.5)}, {"input_size": (10, 10), "std": (0.0, 1, 1)},
-    {"input_size": (10, 10), "crop_mode": "zoom"}, {"input_size": (10, 10), "layout": "CHW"},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"input_size": (0, 10)},
+        {"input_size": (10, 10), "crop_pct": 1.5},
+        {"input_size": (10, 10), "interpolation": "cubic"},
+        {"input_size": (10, 10), "mean": (0.5, 0.5)},
+        {"input_size": (10, 10), "std": (0.0, 1, 1)},
+        {"input_size": (10, 10), "crop_mode": "zoom"},
+        {"input_size": (10, 10), "layout": "CHW"},
+    ],
+)
 def test_invalid_spec_is_a_config_error(bad):
     with pytest.raises(ConfigError):
         PreprocessSpec(**bad)
@@ -165,7 +180,9 @@ def test_unreadable_paths(tmp_path, make, match):
         load_image(make(tmp_path))
 
 
-@pytest.mark.parametrize("array", [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 2), np.uint8), np.zeros(8, np.uint8)])
+@pytest.mark.parametrize(
+    "array", [np.zeros((8, 8, 3), np.float32), np.zeros((8, 8, 2), np.uint8), np.zeros(8, np.uint8)]
+)
 def test_bad_arrays(array):
     with pytest.raises(InvalidImageError):
         load_image(array)

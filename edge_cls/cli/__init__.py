@@ -21,11 +21,14 @@ EXIT_INTERRUPTED = 130
 COMMAND_ALIASES = {"train": "finetune-teacher"}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parse a command line (old command names included); a usage error exits with one line."""
     argv = [COMMAND_ALIASES.get(arg, arg) if i == _command_index(argv) else arg for i, arg in enumerate(argv)]
-    args = parser.parse_args(argv)
+    return build_parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     _setup_logging(args.verbose)
     try:
         return args.func(args) or 0
@@ -81,7 +84,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="edge-cls", description="Distil, export, check and benchmark image classifiers for edge devices.")
+    parser = _Parser(
+        prog="edge-cls", description="Distil, export, check and benchmark image classifiers for edge devices."
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -102,4 +107,4 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-__all__ = ["build_parser", "main", "subcommands"]
+__all__ = ["build_parser", "main", "parse_args", "subcommands"]

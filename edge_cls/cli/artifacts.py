@@ -100,13 +100,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"model:      {manifest.model_name or '?'} ({manifest.num_classes} classes, {manifest.task})",
         f"backend:    {manifest.backend}, {manifest.precision} (ran as {manifest.runtime_precision or '?'})",
         f"input:      {manifest.input_name} {manifest.input_shape} float32 {spec.layout} {spec.channel_order}",
-        f"preprocess: resize {spec.interpolation}, crop_pct {spec.crop_pct} ({spec.crop_mode}), mean {spec.mean}, std {spec.std}",
+        f"preprocess: resize {spec.interpolation}, crop_pct {spec.crop_pct} ({spec.crop_mode}), "
+        f"mean {spec.mean}, std {spec.std}",
         "files:      " + ", ".join(f"{f.path} ({f.bytes / 1e6:.2f} MB)" for f in manifest.files),
     ]
     if manifest.parity:
         p = manifest.parity
-        lines.append(f"parity:     top-1 agreement {100 * p['top1_agreement']:.1f}% with {p['reference']} on {p['images']} "
-                     f"{p['split']} images, max logit error {p['max_abs_logit_error']:.3g}")
+        lines.append(
+            f"parity:     top-1 agreement {100 * p['top1_agreement']:.1f}% with {p['reference']} on {p['images']} "
+            f"{p['split']} images, max logit error {p['max_abs_logit_error']:.3g}"
+        )
     if manifest.accuracy:
         a = manifest.accuracy
         lines.append(f"accuracy:   top-1 {100 * a['top1']:.1f}% on {a['images']} {a['split']} images")

@@ -17,9 +17,11 @@ def add_parser(sub: Any) -> None:
     from ..export.formats import format_table  # light: no torch
 
     e = sub.add_parser(
-        "export", help="export a trained model (timm name + weights, or an edge-cls checkpoint) to artifacts",
+        "export",
+        help="export a trained model (timm name + weights, or an edge-cls checkpoint) to artifacts",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export a model to checked artifact directories, one per format and precision.\n\n" + format_table(),
+        description="Export a model to checked artifact directories, one per format and precision.\n\n"
+        + format_table(),
     )
     options.add(e, "model", note="with --weights or --pretrained; or give --checkpoint")
     options.add_all(e, "checkpoint", "weights", "pretrained", "labels", "num_classes")
@@ -66,7 +68,9 @@ def run_export(args: argparse.Namespace) -> int:
         raise ConfigError("INT8 needs --calib-data, a folder of representative images (a few hundred is plenty)")
     check_dir = args.check_data or args.calib_data
     if check_dir is None:
-        raise ConfigError("give --check-data (or --calib-data): a folder of images to check the exported model against PyTorch")
+        raise ConfigError(
+            "give --check-data (or --calib-data): a folder of images to check the exported model against PyTorch"
+        )
     calibration_size = args.calibration_size or 300
 
     from ..calibration_data import CalibrationSet

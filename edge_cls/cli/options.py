@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 
-
 @dataclass(frozen=True)
 class Flag:
     names: tuple[str, ...]  # shown in --help
@@ -73,7 +72,9 @@ class _SizeAlias(argparse.Action):
         if len(values) == 3:
             channels, height, width = values
             if channels != 3 or height != width:
-                parser.error(f"{option_string} {' '.join(map(str, values))}: only square 3-channel inputs; use --img-size N")
+                parser.error(
+                    f"{option_string} {' '.join(map(str, values))}: only square 3-channel inputs; use --img-size N"
+                )
             values = [height]
         if len(values) != 1 or values[0] < 8:
             parser.error(f"{option_string} takes N (>= 8) or 3 N N")
@@ -89,98 +90,196 @@ BOOL = {"action": argparse.BooleanOptionalAction}
 
 VOCABULARY: dict[str, Flag] = {
     # what to read and where to write
-    "config": Flag(("-c", "--config"), "YAML or TOML config file (BuildConfig keys); flags given override it",
-                   kwargs={"type": Path, "metavar": "FILE"}),
-    "data_dir": Flag(("--data-dir",), "dataset root: train/ val/ test/ ImageFolders, or train.csv/val.csv/test.csv "
-                     "(multi-label)", aliases=("--data",), kwargs={"type": Path, "metavar": "DIR"}),
+    "config": Flag(
+        ("-c", "--config"),
+        "YAML or TOML config file (BuildConfig keys); flags given override it",
+        kwargs={"type": Path, "metavar": "FILE"},
+    ),
+    "data_dir": Flag(
+        ("--data-dir",),
+        "dataset root: train/ val/ test/ ImageFolders, or train.csv/val.csv/test.csv (multi-label)",
+        aliases=("--data",),
+        kwargs={"type": Path, "metavar": "DIR"},
+    ),
     "split": Flag(("--split",), "which split of --data-dir to use", kwargs={"choices": ["train", "val", "test"]}),
     "output": Flag(("--output",), "output directory", aliases=("--out",), kwargs={"type": Path, "metavar": "DIR"}),
-    "resume": Flag(("--resume",), "continue an interrupted run in --output; finished stages are loaded, not retrained",
-                   kwargs=BOOL),
+    "resume": Flag(
+        ("--resume",), "continue an interrupted run in --output; finished stages are loaded, not retrained", kwargs=BOOL
+    ),
     "device": Flag(("--device",), "where to train (default: CUDA when available)", kwargs={"choices": ["cpu", "cuda"]}),
     # the model this command trains or exports (the student in build/distill)
     "model": Flag(("--model",), "timm model name", aliases=("--student",), kwargs={"metavar": "NAME"}),
-    "pretrained": Flag(("--pretrained",), "start --model from hub weights (needs the internet)",
-                       aliases=("--student-pretrained",), kwargs=BOOL),
-    "weights": Flag(("--weights",), "start --model from a local weights file (.pth/.pt/.bin/.safetensors, timm or "
-                    "plain state dict, or an edge-cls checkpoint); a classifier for other classes is replaced",
-                    aliases=("--student-weights", "--initial-checkpoint"), kwargs={"type": Path, "metavar": "FILE"}),
-    "img_size": Flag(("--img-size",), "square input size of --model and its artifacts", aliases=("--input-size",),
-                     kwargs={"type": SIZE, "metavar": "N"},
-                     alias_kwargs={"type": int, "nargs": "+", "action": _SizeAlias}),  # timm's C H W, or the old N
-    "head_only": Flag(("--head-only",), "train the classifier head only (backbone and its BatchNorm frozen)", kwargs=BOOL),
+    "pretrained": Flag(
+        ("--pretrained",),
+        "start --model from hub weights (needs the internet)",
+        aliases=("--student-pretrained",),
+        kwargs=BOOL,
+    ),
+    "weights": Flag(
+        ("--weights",),
+        "start --model from a local weights file (.pth/.pt/.bin/.safetensors, timm or "
+        "plain state dict, or an edge-cls checkpoint); a classifier for other classes is replaced",
+        aliases=("--student-weights", "--initial-checkpoint"),
+        kwargs={"type": Path, "metavar": "FILE"},
+    ),
+    "img_size": Flag(
+        ("--img-size",),
+        "square input size of --model and its artifacts",
+        aliases=("--input-size",),
+        kwargs={"type": SIZE, "metavar": "N"},
+        alias_kwargs={"type": int, "nargs": "+", "action": _SizeAlias},
+    ),  # timm's C H W, or the old N
+    "head_only": Flag(
+        ("--head-only",), "train the classifier head only (backbone and its BatchNorm frozen)", kwargs=BOOL
+    ),
     # the schedule and recipe of that model (timm train.py names)
     "epochs": Flag(("--epochs",), "training epochs", aliases=("--student-epochs",), kwargs={"type": COUNT}),
     "lr": Flag(("--lr",), "peak learning rate (cosine schedule with warm-up)", kwargs={"type": _positive_float}),
-    "batch_size": Flag(("-b", "--batch-size"), "images per batch (per process when training)", aliases=("--batch",),
-                       kwargs={"type": COUNT}),
+    "batch_size": Flag(
+        ("-b", "--batch-size"),
+        "images per batch (per process when training)",
+        aliases=("--batch",),
+        kwargs={"type": COUNT},
+    ),
     "seed": Flag(("--seed",), "random seed", kwargs={"type": NON_NEGATIVE}),
     "opt": Flag(("--opt",), "optimizer, any timm.optim name (default: adamw)", kwargs={"metavar": "NAME"}),
     "weight_decay": Flag(("--weight-decay",), "weight decay", kwargs={"type": NON_NEGATIVE_FLOAT}),
     "warmup_epochs": Flag(("--warmup-epochs",), "epochs of linear warm-up", kwargs={"type": NON_NEGATIVE}),
     "hflip": Flag(("--hflip",), "horizontal flip probability (0 for digits and text)", kwargs={"type": FRACTION}),
-    "scale": Flag(("--scale",), "random-resized-crop area range", kwargs={"type": FRACTION, "nargs": 2, "metavar": "PCT"}),
+    "scale": Flag(
+        ("--scale",), "random-resized-crop area range", kwargs={"type": FRACTION, "nargs": 2, "metavar": "PCT"}
+    ),
     "mixup": Flag(("--mixup",), "Mixup alpha (0: off)", kwargs={"type": NON_NEGATIVE_FLOAT}),
     "cutmix": Flag(("--cutmix",), "CutMix alpha (0: off)", kwargs={"type": NON_NEGATIVE_FLOAT}),
-    "smoothing": Flag(("--smoothing",), "label smoothing", aliases=("--label-smoothing",),
-                      kwargs={"type": _float_in(0.0, 0.99)}),
-    "model_ema_decay": Flag(("--model-ema-decay",), "EMA of the weights, e.g. 0.999 (0: off)", aliases=("--ema-decay",),
-                            kwargs={"type": _float_in(0.0, 0.999999)}),
+    "smoothing": Flag(
+        ("--smoothing",), "label smoothing", aliases=("--label-smoothing",), kwargs={"type": _float_in(0.0, 0.99)}
+    ),
+    "model_ema_decay": Flag(
+        ("--model-ema-decay",),
+        "EMA of the weights, e.g. 0.999 (0: off)",
+        aliases=("--ema-decay",),
+        kwargs={"type": _float_in(0.0, 0.999999)},
+    ),
     "clip_grad": Flag(("--clip-grad",), "max gradient norm (0: off)", kwargs={"type": NON_NEGATIVE_FLOAT}),
-    "amp": Flag(("--amp",), "mixed precision: auto (bf16/fp16 on CUDA, off on CPU; --amp alone), off, bf16, fp16",
-                kwargs={"nargs": "?", "const": "auto", "choices": ["auto", "off", "bf16", "fp16"]}),
-    "balance": Flag(("--balance",), "imbalanced data: class-weighted loss or class-balanced sampler",
-                    kwargs={"choices": ["none", "weighted", "sampler"]}),
-    "sizes": Flag(("--sizes",), "progressive resizing, e.g. 128 160 224 (the last is --img-size)",
-                  kwargs={"type": SIZE, "nargs": "+", "metavar": "N"}),
+    "amp": Flag(
+        ("--amp",),
+        "mixed precision: auto (bf16/fp16 on CUDA, off on CPU; --amp alone), off, bf16, fp16",
+        kwargs={"nargs": "?", "const": "auto", "choices": ["auto", "off", "bf16", "fp16"]},
+    ),
+    "balance": Flag(
+        ("--balance",),
+        "imbalanced data: class-weighted loss or class-balanced sampler",
+        kwargs={"choices": ["none", "weighted", "sampler"]},
+    ),
+    "sizes": Flag(
+        ("--sizes",),
+        "progressive resizing, e.g. 128 160 224 (the last is --img-size)",
+        kwargs={"type": SIZE, "nargs": "+", "metavar": "N"},
+    ),
     "workers": Flag(("-j", "--workers"), "data-loading processes", kwargs={"type": NON_NEGATIVE}),
     # the teacher (build, distill)
-    "kd_model_name": Flag(("--kd-model-name",), "timm model name of the teacher (default: vit_convstem_tiny)",
-                          aliases=("--teacher",), kwargs={"metavar": "NAME"}),
-    "teacher_weights": Flag(("--teacher-weights",), "teacher weights: an edge-cls checkpoint or .pth/.safetensors",
-                            kwargs={"type": Path, "metavar": "FILE"}),
+    "kd_model_name": Flag(
+        ("--kd-model-name",),
+        "timm model name of the teacher (default: vit_convstem_tiny)",
+        aliases=("--teacher",),
+        kwargs={"metavar": "NAME"},
+    ),
+    "teacher_weights": Flag(
+        ("--teacher-weights",),
+        "teacher weights: an edge-cls checkpoint or .pth/.safetensors",
+        kwargs={"type": Path, "metavar": "FILE"},
+    ),
     "teacher_pretrained": Flag(("--teacher-pretrained",), "start the teacher from hub weights", kwargs=BOOL),
-    "teacher_finetune": Flag(("--teacher-finetune",), "fine-tune the teacher on the labels first (default: unless "
-                             "its weights already fit the classes)", kwargs=BOOL),
+    "teacher_finetune": Flag(
+        ("--teacher-finetune",),
+        "fine-tune the teacher on the labels first (default: unless its weights already fit the classes)",
+        kwargs=BOOL,
+    ),
     "teacher_head_only": Flag(("--teacher-head-only",), "fine-tune the teacher's head only", kwargs=BOOL),
-    "teacher_img_size": Flag(("--teacher-img-size",), "teacher input size (default: --img-size)",
-                             aliases=("--teacher-input-size",), kwargs={"type": SIZE, "metavar": "N"}),
+    "teacher_img_size": Flag(
+        ("--teacher-img-size",),
+        "teacher input size (default: --img-size)",
+        aliases=("--teacher-input-size",),
+        kwargs={"type": SIZE, "metavar": "N"},
+    ),
     "teacher_epochs": Flag(("--teacher-epochs",), "epochs to fine-tune the teacher", kwargs={"type": COUNT}),
     "teacher_lr": Flag(("--teacher-lr",), "teacher learning rate", kwargs={"type": _positive_float}),
     # distillation (timm train.py's KD names)
-    "kd_distill_type": Flag(("--kd-distill-type",), "distillation loss: logit (KL), hard (DeiT), feature (MSE)",
-                            aliases=("--distill",), kwargs={"choices": ["logit", "hard", "feature"]}),
-    "kd_temperature": Flag(("--kd-temperature",), "KD temperature (default: 4)", aliases=("--temperature",),
-                           kwargs={"type": _positive_float}),
-    "distill_loss_weight": Flag(("--distill-loss-weight",), "weight of the KD loss (default: 1)",
-                                aliases=("--distill-weight",), kwargs={"type": NON_NEGATIVE_FLOAT}),
-    "task_loss_weight": Flag(("--task-loss-weight",), "weight of the label loss (default: 1)",
-                             aliases=("--task-weight",), kwargs={"type": NON_NEGATIVE_FLOAT}),
-    "cache_teacher": Flag(("--cache-teacher",), "compute teacher logits once (cheap, but no function matching)",
-                          kwargs=BOOL),
+    "kd_distill_type": Flag(
+        ("--kd-distill-type",),
+        "distillation loss: logit (KL), hard (DeiT), feature (MSE)",
+        aliases=("--distill",),
+        kwargs={"choices": ["logit", "hard", "feature"]},
+    ),
+    "kd_temperature": Flag(
+        ("--kd-temperature",),
+        "KD temperature (default: 4)",
+        aliases=("--temperature",),
+        kwargs={"type": _positive_float},
+    ),
+    "distill_loss_weight": Flag(
+        ("--distill-loss-weight",),
+        "weight of the KD loss (default: 1)",
+        aliases=("--distill-weight",),
+        kwargs={"type": NON_NEGATIVE_FLOAT},
+    ),
+    "task_loss_weight": Flag(
+        ("--task-loss-weight",),
+        "weight of the label loss (default: 1)",
+        aliases=("--task-weight",),
+        kwargs={"type": NON_NEGATIVE_FLOAT},
+    ),
+    "cache_teacher": Flag(
+        ("--cache-teacher",), "compute teacher logits once (cheap, but no function matching)", kwargs=BOOL
+    ),
     "compare_alone": Flag(("--compare-alone",), "also train the student on labels alone (default: yes)", kwargs=BOOL),
     # export
-    "checkpoint": Flag(("--checkpoint",), "an edge-cls checkpoint (from build, distill or finetune-teacher)",
-                       kwargs={"type": Path, "metavar": "FILE"}),
-    "labels": Flag(("--labels",), "class names: a text file with one per line, or a JSON list",
-                   kwargs={"type": Path, "metavar": "FILE"}),
-    "num_classes": Flag(("--num-classes",), "number of classes when there is no --labels (names become 0..N-1)",
-                        kwargs={"type": COUNT}),
-    "calib_data": Flag(("--calib-data",), "folder of representative images for INT8 calibration",
-                       aliases=("--calib",), kwargs={"type": Path, "metavar": "DIR"}),
-    "check_data": Flag(("--check-data",), "folder of images to check artifacts against PyTorch on (default: "
-                       "--calib-data)", aliases=("--reference",), kwargs={"type": Path, "metavar": "DIR"}),
-    "calibration_size": Flag(("--calibration-size",), "images used to calibrate INT8 (default: 300)",
-                             kwargs={"type": _int_at_least(1, "--calibration-size")}),
+    "checkpoint": Flag(
+        ("--checkpoint",),
+        "an edge-cls checkpoint (from build, distill or finetune-teacher)",
+        kwargs={"type": Path, "metavar": "FILE"},
+    ),
+    "labels": Flag(
+        ("--labels",),
+        "class names: a text file with one per line, or a JSON list",
+        kwargs={"type": Path, "metavar": "FILE"},
+    ),
+    "num_classes": Flag(
+        ("--num-classes",), "number of classes when there is no --labels (names become 0..N-1)", kwargs={"type": COUNT}
+    ),
+    "calib_data": Flag(
+        ("--calib-data",),
+        "folder of representative images for INT8 calibration",
+        aliases=("--calib",),
+        kwargs={"type": Path, "metavar": "DIR"},
+    ),
+    "check_data": Flag(
+        ("--check-data",),
+        "folder of images to check artifacts against PyTorch on (default: --calib-data)",
+        aliases=("--reference",),
+        kwargs={"type": Path, "metavar": "DIR"},
+    ),
+    "calibration_size": Flag(
+        ("--calibration-size",),
+        "images used to calibrate INT8 (default: 300)",
+        kwargs={"type": _int_at_least(1, "--calibration-size")},
+    ),
     "formats": Flag(("--formats",), "onnx, openvino, tensorrt", kwargs={"nargs": "+", "metavar": "FORMAT"}),
     "precisions": Flag(("--precisions",), "fp32, fp16, int8", kwargs={"nargs": "+", "metavar": "PRECISION"}),
     # running artifacts
     "topk": Flag(("-k", "--topk"), "classes per image", aliases=("--top-k",), kwargs={"type": COUNT}),
-    "backend": Flag(("--backend",), "run with another backend than the artifact's (e.g. openvino for an ONNX file)",
-                    kwargs={"metavar": "NAME"}),
+    "backend": Flag(
+        ("--backend",),
+        "run with another backend than the artifact's (e.g. openvino for an ONNX file)",
+        kwargs={"metavar": "NAME"},
+    ),
     "json": Flag(("--json",), "machine-readable output", kwargs={"action": "store_true"}),
-    "bench_iterations": Flag(("--bench-iterations",), "timed batch-1 runs per model (default: 100)",
-                             aliases=("--iterations",), kwargs={"type": _int_at_least(1, "iterations")}),
+    "bench_iterations": Flag(
+        ("--bench-iterations",),
+        "timed batch-1 runs per model (default: 100)",
+        aliases=("--iterations",),
+        kwargs={"type": _int_at_least(1, "iterations")},
+    ),
 }
 
 

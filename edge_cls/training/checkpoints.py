@@ -90,7 +90,11 @@ class Checkpoint:
 
 
 def _recipe(data: Any, path: Path) -> ModelRecipe:
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str) or not isinstance(data.get("num_classes"), int):
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("name"), str)
+        or not isinstance(data.get("num_classes"), int)
+    ):
         raise CheckpointError(f"{path}: 'recipe' must hold a model name and num_classes")
     kwargs = data.get("kwargs") or {}
     if not isinstance(kwargs, dict):
@@ -98,13 +102,16 @@ def _recipe(data: Any, path: Path) -> ModelRecipe:
     unsafe = sorted(set(kwargs) - SAFE_MODEL_KWARGS)
     if unsafe:
         raise CheckpointError(
-            f"{path}: model arguments {unsafe} are not accepted from a checkpoint (allowed: {sorted(SAFE_MODEL_KWARGS)})"
+            f"{path}: model arguments {unsafe} are not accepted from a checkpoint "
+            f"(allowed: {sorted(SAFE_MODEL_KWARGS)})"
         )
     return ModelRecipe(name=data["name"], num_classes=data["num_classes"], kwargs=dict(kwargs))
 
 
 def _state_dict(data: Any, path: Path) -> dict[str, torch.Tensor]:
-    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+    ):
         raise CheckpointError(f"{path}: 'state_dict' must map parameter names to tensors")
     return data
 

@@ -109,8 +109,16 @@ def run_distill(config: BuildConfig, context: DistContext | None = None) -> Dist
     record = to_plain(config)
     alone = None
     if config.compare_alone:
-        alone = train_stage("student_alone", start, splits, config.student_train, StagePaths.in_build(out, "student_alone"),
-                            ctx, resume=config.resume, record=record)
+        alone = train_stage(
+            "student_alone",
+            start,
+            splits,
+            config.student_train,
+            StagePaths.in_build(out, "student_alone"),
+            ctx,
+            resume=config.resume,
+            record=record,
+        )
         clock.lap("student_alone")
     student = train_stage("student", start, splits, config.student_train, StagePaths.in_build(out, "student"), ctx,
                           teacher=teacher, distill=config.distill, resume=config.resume, record=record)
@@ -131,7 +139,9 @@ def _check_before_training(config: BuildConfig) -> None:
         if train.sizes and train.sizes[-1] != size:
             raise ConfigError(f"{name}.sizes must end at the input size {size}, got {list(train.sizes)}")
     if config.distill.cache_teacher and config.student_train.mixes:
-        raise ConfigError("cache_teacher cannot be combined with student mixup/cutmix (the cache holds un-mixed images)")
+        raise ConfigError(
+            "cache_teacher cannot be combined with student mixup/cutmix (the cache holds un-mixed images)"
+        )
 
 
 def prepare_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistContext, *,

@@ -22,9 +22,10 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -177,7 +178,9 @@ def _setup(
     ctx = context or init_from_env()
     final_size = spec.input_size[0]
     if config.sizes and config.sizes[-1] != final_size:
-        raise ConfigError(f"the last progressive size must be the export size {final_size}, got sizes {list(config.sizes)}")
+        raise ConfigError(
+            f"the last progressive size must be the export size {final_size}, got sizes {list(config.sizes)}"
+        )
     if teacher_logits is not None and config.mixes:
         raise ConfigError("cached teacher logits cannot follow Mixup/CutMix (the cache holds un-mixed images); "
                           "turn off cache_teacher or mixup/cutmix")
@@ -195,7 +198,9 @@ def _setup(
     task.to(ctx.device)
     if config.freeze_backbone:
         _freeze_backbone(unwrap_model(task.trainable_module))
-    optimizer = create_optimizer_v2(task.trainable_module, config.optimizer, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = create_optimizer_v2(
+        task.trainable_module, config.optimizer, lr=config.lr, weight_decay=config.weight_decay
+    )
     if config.ema_decay:
         task.setup_ema(decay=config.ema_decay, use_warmup=True)
     if ctx.enabled:
@@ -317,7 +322,9 @@ def _freeze_backbone(model: nn.Module) -> None:
 
 def _freeze_norm_statistics(model: nn.Module) -> None:
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in module.parameters()
+        ):
             module.eval()
 
 
@@ -340,8 +347,11 @@ def _to_device(targets: Any, device: torch.device) -> Any:
 def _check_finite(loss: float, ctx: DistContext, desc: str, epoch: int, run_path: Path | None) -> None:
     finite = ctx.all_true(math.isfinite(loss))  # every rank must stop together, or the others hang
     if not finite:
-        kept = (f"; the last good checkpoint is {run_path / STATE_FILE}" if run_path and (run_path / STATE_FILE).is_file()
-                else "")
+        kept = (
+            f"; the last good checkpoint is {run_path / STATE_FILE}"
+            if run_path and (run_path / STATE_FILE).is_file()
+            else ""
+        )
         raise TrainingDivergedError(
             f"{desc}: loss became {loss} in epoch {epoch + 1}; lower the learning rate (--lr), turn on "
             f"gradient clipping (--clip-grad 1.0) or check the data{kept}"

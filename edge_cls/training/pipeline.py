@@ -57,7 +57,9 @@ def build(config: BuildConfig) -> BuildResult | None:
     test_batch, test_targets = preprocess_split(splits["test"], spec)
     teacher_test = preprocess_split(splits["test"], teacher.spec)
     task = "multi_label" if outcome.multi_label else "single_label"
-    reference = ReferenceSet.from_model(student.model, test_batch, None if outcome.multi_label else test_targets, name="test")
+    reference = ReferenceSet.from_model(
+        student.model, test_batch, None if outcome.multi_label else test_targets, name="test"
+    )
     calibration = CalibrationSet.from_split(splits["train"], spec, size=config.calibration_size)
     exported = export_artifacts(
         student.model, spec, outcome.classes, out / "artifacts", targets, reference=reference, calibration=calibration,
@@ -66,11 +68,20 @@ def build(config: BuildConfig) -> BuildResult | None:
     lap("export")
 
     labels = None if outcome.multi_label else test_targets
-    rows = [_bench_torch(f"teacher {teacher.recipe.name}", teacher.model, (teacher_test[0], None if outcome.multi_label else teacher_test[1]),
-                         teacher.checkpoint, config)]
+    rows = [
+        _bench_torch(
+            f"teacher {teacher.recipe.name}",
+            teacher.model,
+            (teacher_test[0], None if outcome.multi_label else teacher_test[1]),
+            teacher.checkpoint,
+            config,
+        )
+    ]
     if alone is not None:
         alone.model.cpu()
-        rows.append(_bench_torch(f"student alone {config.student}", alone.model, (test_batch, labels), alone.checkpoint, config))
+        rows.append(
+            _bench_torch(f"student alone {config.student}", alone.model, (test_batch, labels), alone.checkpoint, config)
+        )
     rows.append(_bench_torch(f"student KD {config.student}", student.model, (test_batch, labels), student.checkpoint,
                              config, reference.logits))
     for artifact in exported:
@@ -106,13 +117,16 @@ def _write_report(
     out: Path, config: BuildConfig, rows: list[BenchResult], stages: dict[str, float], exported: list,
     splits: dict[str, Split], teacher_source: str,
 ) -> Path:
-    plot = plot_accuracy_latency(rows, out / "accuracy_latency.png", title=f"{config.student} distilled from {config.teacher}")
+    plot = plot_accuracy_latency(
+        rows, out / "accuracy_latency.png", title=f"{config.student} distilled from {config.teacher}"
+    )
     total = sum(stages.values())
     lines = [
         "# edge-cls build report",
         "",
         f"Teacher `{config.teacher}`, student `{config.student}` at {config.input_size} px; "
-        f"data: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} images, {len(splits['train'].classes)} classes.",
+        f"data: {', '.join(f'{k} {len(v)}' for k, v in splits.items())} images, "
+        f"{len(splits['train'].classes)} classes.",
         f"Teacher {teacher_source}. The student was trained alone and distilled with the same budget "
         f"({config.student_train.epochs} epochs, same initial weights; KD temperature {config.distill.temperature}).",
         "Top-1 is on the test split; *agree* is top-1 agreement with the distilled PyTorch student on the same "
@@ -129,8 +143,11 @@ def _write_report(
         "",
         "## Artifacts",
         "",
-        *[f"- `{a.path}`: max logit error vs PyTorch {a.manifest.parity['max_abs_logit_error']:.3g}, "
-          f"built in {a.seconds:.1f}s" for a in exported],
+        *[
+            f"- `{a.path}`: max logit error vs PyTorch {a.manifest.parity['max_abs_logit_error']:.3g}, "
+            f"built in {a.seconds:.1f}s"
+            for a in exported
+        ],
         "",
         f"Machine: {machine_description()}.",
         f"Tools: {', '.join(f'{k} {v}' for k, v in tool_versions().items())}.",

@@ -127,7 +127,9 @@ def _initial_model(start: StageModel, train: TrainConfig) -> nn.Module:
     return model
 
 
-def cache_teacher_logits(teacher: Trained, split: Split, path: Path, ctx: DistContext, *, reuse: bool = False) -> np.ndarray:
+def cache_teacher_logits(
+    teacher: Trained, split: Split, path: Path, ctx: DistContext, *, reuse: bool = False
+) -> np.ndarray:
     """The teacher's logits on every training image (its own eval preprocessing), computed once;
     ``reuse`` (resuming the same run) takes an existing cache of the right length."""
     if reuse and path.is_file():
@@ -140,8 +142,7 @@ def cache_teacher_logits(teacher: Trained, split: Split, path: Path, ctx: DistCo
     logits = predict_logits(teacher.model, batch, device=ctx.device)
     if ctx.is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, logits)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, logits)
     logger.info("teacher logits for %d images cached in %.1fs", len(split), time.perf_counter() - started)
     return logits

@@ -82,8 +82,10 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A training state file, checked; a missing, truncated or foreign file is a CheckpointError."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"cannot resume: {path} does not exist (start without --resume, or pass the run directory "
-                              "that holds last.pt)")
+        raise CheckpointError(
+            f"cannot resume: {path} does not exist (start without --resume, or pass the run directory "
+            "that holds last.pt)"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, bad pickle, ...: torch raises many types
@@ -92,9 +94,13 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
             "restore a copy, or start the run again without --resume in a new directory"
         ) from e
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"cannot resume: {path} is not an edge-cls training state (use the run directory's last.pt)")
+        raise CheckpointError(
+            f"cannot resume: {path} is not an edge-cls training state (use the run directory's last.pt)"
+        )
     if state.get("version") != STATE_VERSION:
-        raise CheckpointError(f"cannot resume: {path} has state version {state.get('version')}, expected {STATE_VERSION}")
+        raise CheckpointError(
+            f"cannot resume: {path} has state version {state.get('version')}, expected {STATE_VERSION}"
+        )
     missing = sorted({"epoch", "updates", "model", "ema", "optimizer", "rng", "config", "history"} - set(state))
     if missing:
         raise CheckpointError(f"cannot resume: {path} lacks {', '.join(missing)}; it was left as it is")
@@ -106,14 +112,18 @@ def restore_state(state: dict[str, Any], path: Path, task: TrainingTask, optimiz
     """Load a state read by :func:`read_state` into the task, optimizer, scaler and RNGs."""
     changed = sorted(k for k, v in plain(asdict(config)).items() if state["config"].get(k) != v and k != "epochs")
     if changed:
-        logger.warning("resuming %s with a changed config (%s): the run will differ from the original", path, ", ".join(changed))
+        logger.warning(
+            "resuming %s with a changed config (%s): the run will differ from the original", path, ", ".join(changed)
+        )
     if state["epoch"] >= config.epochs:
         logger.info("%s finished all %d epochs before the run stopped: nothing left to train", path, state["epoch"])
     try:
         unwrap_model(task.get_trainable_module()).load_state_dict(state["model"])
         if task.has_ema():
             if state["ema"] is None:
-                raise CheckpointError(f"{path} has no EMA weights but this run uses EMA; resume with the same ema_decay")
+                raise CheckpointError(
+                    f"{path} has no EMA weights but this run uses EMA; resume with the same ema_decay"
+                )
             task.get_trainable_module(ema=True).load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:

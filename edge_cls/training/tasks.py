@@ -20,8 +20,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.task import (
-    ClassificationTask, DistillationTeacher, FeatureDistillationTask, LogitDistillationTask,
-    MultiLabelClassificationTask, TrainingTask,
+    ClassificationTask,
+    DistillationTeacher,
+    FeatureDistillationTask,
+    LogitDistillationTask,
+    MultiLabelClassificationTask,
+    TrainingTask,
 )
 from timm.utils import unwrap_model
 

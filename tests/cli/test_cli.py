@@ -30,7 +30,8 @@ def assert_one_line_error(result, match):
 
 
 def test_help_is_fast_and_light():
-    script = "import sys; from edge_cls.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'timm', 'onnx', 'openvino') if m in sys.modules))"
+    script = ("import sys; from edge_cls.cli import build_parser; build_parser(); "
+              "print(sorted(m for m in ('torch', 'timm', 'onnx', 'openvino') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
     assert run("--help").returncode == 0
@@ -46,7 +47,9 @@ def test_predict_json_matches_pytorch_top5(artifacts, test_images, pytorch_logit
     top1_agree = 0
     for item, logits in zip(output, reference):
         indices = [p["index"] for p in item["predictions"]]
-        assert len(indices) == 5 and all(isinstance(p["label"], str) and 0 <= p["score"] <= 1 for p in item["predictions"])
+        assert len(indices) == 5 and all(
+            isinstance(p["label"], str) and 0 <= p["score"] <= 1 for p in item["predictions"]
+        )
         if name.endswith("fp32"):
             assert indices == list(np.argsort(-logits, kind="stable")[:5])
         top1_agree += indices[0] == int(np.argmax(logits))
@@ -67,7 +70,16 @@ def test_info(artifacts):
 
 
 def test_bench_with_accuracy(artifacts, digits_root):
-    result = run("bench", artifacts["onnx-fp32"], artifacts["openvino-int8"], "--iterations", "5", "--data", digits_root / "test", "--json")
+    result = run(
+        "bench",
+        artifacts["onnx-fp32"],
+        artifacts["openvino-int8"],
+        "--iterations",
+        "5",
+        "--data",
+        digits_root / "test",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["rows"]
     assert [r["precision"] for r in rows] == ["fp32", "int8"]
@@ -106,9 +118,17 @@ def test_tampered_model_file(artifact_copy, test_images):
 
 
 def test_export_rejects_bad_arguments_before_work(tmp_path):
-    assert_one_line_error(run("export", "--model", "test_efficientnet", "--num-classes", "3", "--formats", "coreml", "--out", tmp_path), "unknown export format")
-    assert_one_line_error(run("export", "--model", "test_efficientnet", "--num-classes", "3", "--precisions", "int4", "--out", tmp_path), "cannot export 'int4'")
-    assert_one_line_error(run("export", "--model", "test_efficientnet", "--num-classes", "3", "--out", tmp_path), "needs --calib")
+    assert_one_line_error(
+        run("export", "--model", "test_efficientnet", "--num-classes", "3", "--formats", "coreml", "--out", tmp_path),
+        "unknown export format",
+    )
+    assert_one_line_error(
+        run("export", "--model", "test_efficientnet", "--num-classes", "3", "--precisions", "int4", "--out", tmp_path),
+        "cannot export 'int4'",
+    )
+    assert_one_line_error(
+        run("export", "--model", "test_efficientnet", "--num-classes", "3", "--out", tmp_path), "needs --calib"
+    )
 
 
 def test_export_weights_that_do_not_fit(tmp_path, tiny_checkpoint, digits_root):
@@ -128,9 +148,28 @@ def test_export_from_plain_state_dict_then_predict(tmp_path, digits_root, test_i
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"digit {i}" for i in range(10)))
     out = tmp_path / "out"
-    result = run("export", "--model", "test_efficientnet", "--weights", weights, "--labels", labels, "--input-size", "32",
-                 "--calib", digits_root / "val", "--calibration-size", "20", "--formats", "onnx", "openvino",
-                 "--precisions", "fp32", "--out", out)
+    result = run(
+        "export",
+        "--model",
+        "test_efficientnet",
+        "--weights",
+        weights,
+        "--labels",
+        labels,
+        "--input-size",
+        "32",
+        "--calib",
+        digits_root / "val",
+        "--calibration-size",
+        "20",
+        "--formats",
+        "onnx",
+        "openvino",
+        "--precisions",
+        "fp32",
+        "--out",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["onnx-fp32", "openvino-fp32"]
     predicted = json.loads(run("predict", out / "openvino-fp32", test_images[0], "--json").stdout)
@@ -144,7 +183,12 @@ def test_build_end_to_end_on_a_folder(tmp_path, digits_root):
                  "--input-size", "32", "--teacher-epochs", "1", "--student-epochs", "1", "--calibration-size", "16",
                  "--bench-iterations", "5", "--out", out, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in (out / "artifacts").iterdir()) == ["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
+    assert sorted(p.name for p in (out / "artifacts").iterdir()) == [
+        "onnx-fp32",
+        "onnx-int8",
+        "openvino-fp32",
+        "openvino-int8",
+    ]
     report = json.loads((out / "report.json").read_text())
     names = [row["name"] for row in report["rows"]]
     assert names[:3] == ["teacher test_vit", "student alone test_efficientnet", "student KD test_efficientnet"]
@@ -156,12 +200,14 @@ def test_build_end_to_end_on_a_folder(tmp_path, digits_root):
 
 def test_train_writes_a_checkpoint_usable_as_teacher_weights(tmp_path, digits_root):
     out = tmp_path / "teacher.pt"
-    result = run("train", "--model", "test_vit", "--data", digits_root, "--input-size", "32", "--epochs", "1", "--out", out)
+    result = run(
+        "train", "--model", "test_vit", "--data", digits_root, "--input-size", "32", "--epochs", "1", "--out", out
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "test top-1" in result.stdout
 
-    from edge_cls.training.models import create_model
     from edge_cls.training.checkpoints import Checkpoint
+    from edge_cls.training.models import create_model
 
     checkpoint = Checkpoint.load(out)
     assert checkpoint.recipe.kwargs == {"img_size": 32} and checkpoint.metrics["train_config"]["epochs"] == 1
@@ -171,8 +217,9 @@ def test_train_writes_a_checkpoint_usable_as_teacher_weights(tmp_path, digits_ro
 def test_distill_reads_a_config_file_and_flags_override_it(tmp_path, digits_root):
     config = tmp_path / "distill.yaml"
     config.write_text(
-        f"data_dir: {digits_root}\nteacher: test_vit\nstudent: test_efficientnet\ninput_size: 32\ncompare_alone: false\n"
-        "teacher_train:\n  epochs: 1\n  batch_size: 32\nstudent_train:\n  epochs: 3\n  batch_size: 32\n  ema_decay: 0.9\n"
+        f"data_dir: {digits_root}\nteacher: test_vit\nstudent: test_efficientnet\ninput_size: 32\n"
+        "compare_alone: false\nteacher_train:\n  epochs: 1\n  batch_size: 32\n"
+        "student_train:\n  epochs: 3\n  batch_size: 32\n  ema_decay: 0.9\n"
         "distill:\n  kind: hard\n"
     )
     out = tmp_path / "d"
@@ -203,8 +250,8 @@ def test_finetune_teacher_from_a_hub_style_weights_file_head_only(tmp_path, digi
     import torch
     from safetensors.torch import save_file
 
-    from edge_cls.training.models import ModelRecipe, create_model
     from edge_cls.training.checkpoints import Checkpoint
+    from edge_cls.training.models import ModelRecipe, create_model
 
     hub_like = create_model(ModelRecipe(name="test_vit", num_classes=1000, kwargs={"img_size": 32}))
     weights = tmp_path / "model.safetensors"

@@ -10,8 +10,8 @@ import pytest
 from edge_cls.errors import ConfigError, ExportError
 from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
 from edge_cls.manifest import load_manifest
-from edge_cls.training.checkpoints import Checkpoint
 from edge_cls.runtimes import load
+from edge_cls.training.checkpoints import Checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +77,12 @@ def test_fp16_targets(student, reference, tmp_path):
     exported = export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path,
                                 resolve_targets(["onnx", "openvino"], ["fp16"]), reference=reference,
                                 onnx_exporter="torchscript")
+    scale = float(np.abs(reference.logits).max())
     for artifact in exported:
-        assert artifact.manifest.parity["top1_agreement"] >= 0.75
+        parity = artifact.manifest.parity
+        # half-precision rounding (f16 weights, or bf16 compute) moves logits by ~1%, not more
+        assert parity["max_abs_logit_error"] <= 0.03 * scale, (artifact.target.name, parity)
+        assert parity["disagreements"] <= 1, (artifact.target.name, parity)
         with load(artifact.path) as clf:
             [top] = clf.predict(np.zeros((40, 40, 3), np.uint8), k=1)
             assert top.label in checkpoint.labels and 0 < top.score <= 1
@@ -103,7 +107,14 @@ def test_fp32_disagreement_fails_and_keeps_the_previous_artifact(student, refere
 def test_int8_without_calibration(student, reference, tmp_path):
     checkpoint, model = student
     with pytest.raises(ExportError, match="calibration"):
-        export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path, resolve_targets(["openvino"], ["int8"]), reference=reference)
+        export_artifacts(
+            model,
+            checkpoint.spec,
+            checkpoint.labels,
+            tmp_path,
+            resolve_targets(["openvino"], ["int8"]),
+            reference=reference,
+        )
 
 
 def test_unknown_exporter(student, reference, tmp_path):

@@ -132,8 +132,14 @@ class TestTensorRTFP16(RuntimeConformance):
         checkpoint = Checkpoint.load(tiny_checkpoint)
         model = checkpoint.build()
         batch, targets = preprocess_split(load_splits(digits_root)["test"], checkpoint.spec)
-        [artifact] = export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path, resolve_targets(["tensorrt"], ["fp16"]),
-                                      reference=ReferenceSet.from_model(model, batch, targets))
+        [artifact] = export_artifacts(
+            model,
+            checkpoint.spec,
+            checkpoint.labels,
+            tmp_path,
+            resolve_targets(["tensorrt"], ["fp16"]),
+            reference=ReferenceSet.from_model(model, batch, targets),
+        )
         with load(artifact.path) as clf:
             yield clf
 
@@ -151,7 +157,10 @@ def test_openvino_fp32_hint_is_what_keeps_f32_on_bf16_cpus(artifacts):
 
 
 def test_onnx_artifact_runs_on_openvino_too(artifacts, test_images):
-    with load(artifacts["onnx-fp32"]) as ort, load(artifacts["onnx-fp32"], backend="openvino", inference_precision="f32") as ov:
+    with (
+        load(artifacts["onnx-fp32"]) as ort,
+        load(artifacts["onnx-fp32"], backend="openvino", inference_precision="f32") as ov,
+    ):
         batch = np.stack([ort.spec(p) for p in test_images])
         np.testing.assert_allclose(ort.logits(batch), ov.logits(batch), atol=1e-4)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-trt = pytest.importorskip("tensorrt", reason="TensorRT is not installed (NVIDIA GPUs only: pip install 'edge-cls[tensorrt]')")
+trt = pytest.importorskip(
+    "tensorrt", reason="TensorRT is not installed (NVIDIA GPUs only: pip install 'edge-cls[tensorrt]')"
+)
 
 
 def _has_cuda() -> bool:
@@ -21,12 +23,14 @@ pytestmark = pytest.mark.skipif(not _has_cuda(), reason="no CUDA device: TensorR
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
-def test_tensorrt_engine_matches_pytorch(precision, tiny_checkpoint, digits_root, tmp_path, test_images, pytorch_logits):
+def test_tensorrt_engine_matches_pytorch(
+    precision, tiny_checkpoint, digits_root, tmp_path, test_images, pytorch_logits
+):
     from edge_cls.calibration_data import CalibrationSet
     from edge_cls.data import load_splits, preprocess_split
     from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
-    from edge_cls.training.checkpoints import Checkpoint
     from edge_cls.runtimes import load
+    from edge_cls.training.checkpoints import Checkpoint
 
     checkpoint = Checkpoint.load(tiny_checkpoint)
     model = checkpoint.build()

@@ -26,16 +26,47 @@ def test_epoch_sampler_shards_cover_the_data_once_per_epoch():
 
 def test_weighted_epoch_sampler_draws_classes_evenly():
     weights = np.array([1.0] * 90 + [9.0] * 10)  # 90 images of one class, 10 of another, balanced weights
-    drawn = np.array(list(EpochSampler(100, seed=0, weights=weights * 100)) + list(EpochSampler(100, seed=1, weights=weights)))
+    drawn = np.array(
+        list(EpochSampler(100, seed=0, weights=weights * 100)) + list(EpochSampler(100, seed=1, weights=weights))
+    )
     assert 0.35 < (drawn >= 90).mean() < 0.65
 
 
 def _distill(nproc, out, digits_root, batch):
-    args = ["distill", "--data", digits_root, "--out", out, "--teacher", "test_vit", "--student", "test_efficientnet",
-            "--input-size", "32", "--teacher-epochs", "1", "--student-epochs", "2", "--batch-size", batch, "--lr", "0.005",
-            "--no-compare-alone", "--device", "cpu"]
+    args = [
+        "distill",
+        "--data",
+        digits_root,
+        "--out",
+        out,
+        "--teacher",
+        "test_vit",
+        "--student",
+        "test_efficientnet",
+        "--input-size",
+        "32",
+        "--teacher-epochs",
+        "1",
+        "--student-epochs",
+        "2",
+        "--batch-size",
+        batch,
+        "--lr",
+        "0.005",
+        "--no-compare-alone",
+        "--device",
+        "cpu",
+    ]
     if nproc > 1:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "edge_cls"]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "edge_cls",
+        ]
     else:
         command = [sys.executable, "-m", "edge_cls"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -59,8 +90,8 @@ def test_two_process_ddp_agrees_with_one_process(digits_root, tmp_path):
     # The validation metric is reduced over both ranks' shards; it must equal what one process
     # measures for the model rank 0 saved - true only if both ranks hold the same weights and buffers.
     from edge_cls.data import load_splits, preprocess_split
-    from edge_cls.training.models import predict_logits
     from edge_cls.training.checkpoints import Checkpoint
+    from edge_cls.training.models import predict_logits
 
     checkpoint = Checkpoint.load(tmp_path / "two" / "checkpoints" / "student.pt")
     batch, targets = preprocess_split(load_splits(digits_root)["val"], checkpoint.spec)

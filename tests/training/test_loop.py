@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from edge_cls.config import TrainConfig
 from edge_cls.data import load_splits, preprocess_split
 from edge_cls.errors import CheckpointError, ConfigError
 from edge_cls.evaluate import evaluate_logits
-from edge_cls.training.models import ModelRecipe, create_model, predict_logits, spec_for_model
-from edge_cls.training.tasks import classification_task
-from edge_cls.config import TrainConfig
 from edge_cls.training.loop import TrainingDivergedError, criterion_for, fit, size_for_epoch
+from edge_cls.training.models import ModelRecipe, create_model, predict_logits, spec_for_model
 from edge_cls.training.state import STATE_FILE, read_state
+from edge_cls.training.tasks import classification_task
 
 SIZE = 32
 
@@ -121,7 +121,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits_root, tmp_path
 def test_class_weighting_raises_minority_recall(demo_root, tmp_path):
     """Classes 3 and 5 with 80 images each, class 8 with 6: the weighted loss finds the 8s."""
     root = tmp_path / "imbalanced"
-    per_class = {"train": {"3": 80, "5": 80, "8": 6}, "val": {"3": 10, "5": 10, "8": 10}, "test": {"3": 30, "5": 30, "8": 30}}
+    per_class = {
+        "train": {"3": 80, "5": 80, "8": 6},
+        "val": {"3": 10, "5": 10, "8": 10},
+        "test": {"3": 30, "5": 30, "8": 30},
+    }
     for split, counts in per_class.items():
         for name, count in counts.items():
             (root / split / name).mkdir(parents=True)

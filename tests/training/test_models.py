@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from edge_cls.errors import CheckpointError, ConfigError
-from edge_cls.training.models import ModelRecipe, create_model, load_weights, spec_for_model
 from edge_cls.training.checkpoints import Checkpoint
+from edge_cls.training.models import ModelRecipe, create_model, load_weights, spec_for_model
 
 
 def test_conv_stem_vit_is_registered_with_timm():

@@ -1,20 +1,27 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from timm.task import FeatureDistillationTask, LogitDistillationTask
 
 from edge_cls.errors import ConfigError
 from edge_cls.training.models import ModelRecipe, create_model
 from edge_cls.training.tasks import (
-    CachedLogitDistillationTask, DistillConfig, HardLabelDistillationTask, MultiLabelDistillationTask, TeacherAtSize,
-    distillation_task, label_criterion,
+    CachedLogitDistillationTask,
+    DistillConfig,
+    HardLabelDistillationTask,
+    MultiLabelDistillationTask,
+    TeacherAtSize,
+    distillation_task,
+    label_criterion,
 )
-from timm.task import FeatureDistillationTask, LogitDistillationTask
 
 
 def _pair(classes=10, teacher_classes=None):
     torch.manual_seed(0)
     student = create_model(ModelRecipe(name="test_efficientnet", num_classes=classes))
-    teacher = create_model(ModelRecipe(name="test_vit", num_classes=teacher_classes or classes, kwargs={"img_size": 32}))
+    teacher = create_model(
+        ModelRecipe(name="test_vit", num_classes=teacher_classes or classes, kwargs={"img_size": 32})
+    )
     return student, teacher
 
 
@@ -60,8 +67,13 @@ def test_feature_kd_learns_a_projection_to_the_teachers_width():
 
 def test_multi_label_kd_uses_sigmoid_targets():
     student, teacher = _pair(classes=4)
-    task = distillation_task(student, teacher, _criterion(multi_label=True), DistillConfig(temperature=1.0, task_weight=0.0),
-                             multi_label=True)
+    task = distillation_task(
+        student,
+        teacher,
+        _criterion(multi_label=True),
+        DistillConfig(temperature=1.0, task_weight=0.0),
+        multi_label=True,
+    )
     assert isinstance(task, MultiLabelDistillationTask)
     x = torch.randn(3, 3, 32, 32)
     out = task(x, torch.tensor([[1, 0, 1, 0]] * 3, dtype=torch.float32))
@@ -77,9 +89,18 @@ def test_cached_kd_takes_the_teachers_logits_from_the_target():
     student, teacher = _pair()
     task = distillation_task(student, teacher, _criterion(), DistillConfig(cache_teacher=True, temperature=2.0))
     assert isinstance(task, CachedLogitDistillationTask)
-    logits = torch.randn(2, 10)
-    out = task(torch.randn(2, 3, 32, 32), (torch.tensor([1, 2]), logits))
-    assert out["kd_loss"] > 0 and out["loss"].requires_grad
+    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    cached = torch.randn(2, 10)
+    out = task(x, (labels, cached))
+    expected = F.kl_div(F.log_softmax(out["output"] / 2, -1), F.log_softmax(cached / 2, -1), reduction="batchmean",
+                        log_target=True) * 4
+    torch.testing.assert_close(out["kd_loss"], expected)  # the cached logits, not the live teacher's
+    with torch.no_grad():
+        live = teacher(task.teacher.normalize_input(x, task.student_mean, task.student_std))
+    live_loss = F.kl_div(F.log_softmax(out["output"] / 2, -1), F.log_softmax(live / 2, -1), reduction="batchmean",
+                         log_target=True) * 4
+    assert not torch.allclose(out["kd_loss"], live_loss)
+    assert out["loss"].requires_grad
 
 
 def test_teacher_and_student_must_share_the_classes():
