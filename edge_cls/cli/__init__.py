@@ -68,7 +68,7 @@ def _command_index(argv: list[str]) -> int:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("edge_cls").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("nncf", "onnx_ir", "torch.onnx"):
+    for noisy in ("nncf", "onnx_ir", "torch.onnx", "torch.utils.cpp_extension"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -15,6 +15,20 @@ def test_conv_stem_vit_is_registered_with_timm():
     assert spec.input_size == (64, 64) and spec.mean == (0.5, 0.5, 0.5)
 
 
+def test_conv_stem_vit_keeps_the_state_dict_layout_of_earlier_checkpoints():
+    """Checkpoints written when the model was built with timm's private hybrid-ViT helper must load:
+    same keys, same shapes, same order (the digest was taken from that implementation)."""
+    import hashlib
+
+    import timm
+
+    state = timm.create_model("vit_convstem_tiny", num_classes=10).state_dict()
+    layout = ";".join(f"{k}:{tuple(v.shape)}" for k, v in state.items())
+    assert len(state) == 100
+    expected = "8053f4da0b8b78cd9e0cc8ea58920786d5b53ae2b95d6bde49073261d4af5dff"
+    assert hashlib.sha256(layout.encode()).hexdigest() == expected
+
+
 def test_unknown_model_names_close_ones():
     with pytest.raises(ConfigError, match="unknown timm model 'mobilenetv9'"):
         create_model(ModelRecipe(name="mobilenetv9", num_classes=2))
