@@ -18,6 +18,7 @@ import csv
 import logging
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,9 +232,21 @@ def write_demo_dataset(root: str | os.PathLike[str], *, seed: int = DEMO_SEED) -
 
 def preprocess_split(split: Split, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
     """Every image of a split through the artifact preprocessing: (N, C, H, W) float32, targets
-    (class indices, or (N, classes) 0/1 for a multi-label split)."""
+    (class indices, or (N, classes) 0/1 for a multi-label split). Holds the whole split in memory:
+    for large splits use :func:`iter_split_batches`."""
     batch = np.stack([spec(path) for path in split.paths])
     return batch, split.target_array()
+
+
+def iter_split_batches(
+    split: Split, spec: PreprocessSpec, batch_size: int = 64
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A split through the artifact preprocessing, ``batch_size`` images at a time: memory stays
+    at one batch whatever the split's size."""
+    targets = split.target_array()
+    for start in range(0, len(split), batch_size):
+        paths = split.paths[start:start + batch_size]
+        yield np.stack([spec(path) for path in paths]), targets[start:start + len(paths)]
 
 
 def log_class_counts(split: Split) -> dict[str, int]:

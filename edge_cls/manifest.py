@@ -25,7 +25,7 @@ from .preprocess import PreprocessSpec
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 FORMAT_NAME = "edge-cls-artifact"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +55,9 @@ class Manifest:
     runtime_precision: str = ""
     parity: dict[str, Any] | None = None
     accuracy: dict[str, Any] | None = None
+    recipe: str = ""  # how the model file was made, e.g. "ort-qdq-u8s8" (see edge_cls.export.recipes)
+    search: dict[str, Any] | None = None  # the precision search that chose this artifact: bar, candidates, verdicts
+    accepted_drop: bool = False  # shipped although it missed the accuracy bar, because the user said so
     tools: dict[str, str] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
@@ -86,6 +89,9 @@ class Manifest:
             "files": [{"path": f.path, "sha256": f.sha256, "bytes": f.bytes} for f in self.files],
             "parity": self.parity,
             "accuracy": self.accuracy,
+            "recipe": self.recipe,
+            "search": self.search,
+            "accepted_drop": self.accepted_drop,
             "tools": self.tools,
             "created_at": self.created_at,
         }
@@ -146,6 +152,9 @@ class Manifest:
             runtime_precision=_field(data, "runtime_precision", str, source),
             parity=_optional(data, "parity", dict, source),
             accuracy=_optional(data, "accuracy", dict, source),
+            recipe=_optional(data, "recipe", str, source) or "",
+            search=_optional(data, "search", dict, source),
+            accepted_drop=bool(_optional(data, "accepted_drop", bool, source)),
             tools=_field(data, "tools", dict, source),
             created_at=_field(data, "created_at", str, source),
             schema_version=version,
