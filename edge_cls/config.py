@@ -143,8 +143,12 @@ class BuildConfig:
     resume: bool = False  # continue interrupted stages; finished stages are loaded, not retrained
     device: str | None = None  # cpu, cuda; None: CUDA when available
     formats: tuple[str, ...] = ("onnx", "openvino")
-    precisions: tuple[str, ...] = ("fp32", "int8")
+    precisions: tuple[str, ...] = ("auto",)  # auto: per format, the fastest candidate that keeps the answer
+    max_drop: float = 0.3  # points of top-1 a low-precision artifact may lose on the check split
+    accept_drop: bool = False  # ship an explicitly requested precision that misses max_drop (marked)
     calibration_size: int = 300
+    calib_augment: bool = False  # add flipped/cropped views when the calibration split is small
+    recipes: tuple[str, ...] = ()  # restrict the precision search to these recipes (empty: every recipe)
     bench_iterations: int = 100
     onnx_exporter: str = "dynamo"
 
@@ -153,6 +157,13 @@ class BuildConfig:
         if self.teacher_input_size is not None:
             _at_least(self, "teacher_input_size", 8)
         _at_least(self, "calibration_size", 1)
+        if not 0 <= self.max_drop <= 100:
+            raise ConfigError(f"max_drop is in points of top-1 (0..100), got {self.max_drop}")
+        from .export.recipes import RECIPES  # torch-free: the recipe table is plain data
+
+        unknown = sorted(set(self.recipes) - set(RECIPES))
+        if unknown:
+            raise ConfigError(f"unknown recipe(s) {', '.join(unknown)} in recipes; known: {', '.join(RECIPES)}")
         _at_least(self, "bench_iterations", 1)
         if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")

@@ -8,6 +8,8 @@ overrides the choice: ``bar``, ``lines`` or ``off``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
@@ -73,6 +75,16 @@ class _Lines(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def library_output() -> Iterator[None]:
+    """Around a library call that draws its own progress on stdout (NNCF's rich bars, ORT's
+    calibrators): keep stdout for the command's own output; show the bars on stderr in ``bar``
+    mode, drop them otherwise."""
+    target = sys.stderr if progress_mode() == "bar" else io.StringIO()
+    with contextlib.redirect_stdout(target):
+        yield
 
 
 def progress(

@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .formats import FORMATS, ExportTarget, format_table, resolve_targets
+from .formats import AUTO, FORMATS, ExportTarget, format_table, resolve_targets
+from .search import AccuracyBar
 
 _LAZY = {
     "ReferenceSet": "artifacts",
     "ExportedArtifact": "artifacts",
+    "SearchSettings": "artifacts",
     "export_artifacts": "artifacts",
     "tool_versions": "artifacts",
 }
@@ -25,4 +27,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["FORMATS", "ExportTarget", "format_table", "resolve_targets", *_LAZY]
+__all__ = ["AUTO", "FORMATS", "AccuracyBar", "ExportTarget", "format_table", "resolve_targets", *_LAZY]

@@ -1,40 +1,48 @@
-"""Export orchestration: turn a PyTorch classifier into checked artifact directories.
+"""Export orchestration: turn a PyTorch classifier into checked, measured artifact directories.
 
-Every artifact is built in a staging directory, checked against the PyTorch reference through
-the public runtime API (top-1 agreement, logit error, accuracy), described by its manifest, and
-only then renamed into place. An FP32 artifact that disagrees with PyTorch on any reference
-image fails the export and leaves any previous artifact untouched.
+The model is exported to ONNX once. For each format every candidate recipe the requested
+precisions need (:mod:`edge_cls.export.recipes`) is built in a staging directory, loaded through
+the public runtime API, scored on the check images (never the calibration images), and timed
+round-robin on this machine; :mod:`edge_cls.export.search` then chooses what ships. An FP32
+artifact that disagrees with PyTorch on any check image fails the export. Nothing is published
+until every target has been built and chosen; then all targets are swapped into place together,
+so a failed export leaves every previous artifact as it was.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from edge_cls._fileio import atomic_directory
 from edge_cls.calibration_data import CalibrationSet
-from edge_cls.errors import ExportError
-from edge_cls.manifest import Manifest, describe_files
+from edge_cls.errors import ArtifactError, ConfigError, ExportError
+from edge_cls.manifest import MANIFEST_NAME, Manifest, describe_files
 from edge_cls.preprocess import PreprocessSpec
+from edge_cls.timing import round_robin
 
-from .formats import BuildJob, ExportTarget
+from .formats import FORMATS, BuildJob, ExportTarget
+from .recipes import Recipe, candidates
+from .search import AUTO, AccuracyBar, Measured, Selection, score, search_table, select
 
 logger = logging.getLogger(__name__)
 
 TOOLS = ("edge-cls", "torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "onnxslim", "tensorrt")
-MIN_INT8_AGREEMENT = 0.99
 
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """Preprocessed images, the PyTorch logits on them, and (optionally) their true labels."""
+    """The check images: preprocessed, the PyTorch logits on them, and (optionally) their true
+    labels. They must never be calibration images, or INT8 would be judged on what it was fitted to."""
 
     batch: np.ndarray
     logits: np.ndarray
@@ -50,12 +58,42 @@ class ReferenceSet:
         return cls(batch, predict_logits(model, batch), targets, name)
 
 
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """How candidates are judged and timed."""
+
+    bar: AccuracyBar = field(default_factory=AccuracyBar)
+    accept_drop: bool = False  # ship an explicitly requested precision that misses the bar, marked
+    rounds: int = 7  # round-robin timing rounds
+    block: int = 20  # batch-1 calls per candidate per round
+    max_timing_seconds: float = 60.0  # per format; blocks shrink for large models
+    only: tuple[str, ...] | None = None  # restrict the low-precision recipes (e.g. tests, benchmarks)
+    restore: bool = True  # build accuracy-restoring recipes when no plain INT8 recipe meets the bar
+
+    def __post_init__(self) -> None:
+        from .recipes import RECIPES
+
+        unknown = sorted(set(self.only or ()) - set(RECIPES))
+        if unknown:
+            raise ConfigError(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+
+
 @dataclass
 class ExportedArtifact:
     target: ExportTarget
     path: Path
     manifest: Manifest
     seconds: float
+    selection: Selection | None = None
+
+
+@dataclass
+class _Candidate:
+    recipe: Recipe
+    staging: Path
+    manifest: Manifest | None = None
+    classifier: Any = None
+    measured: Measured | None = None
 
 
 def tool_versions() -> dict[str, str]:
@@ -80,72 +118,320 @@ def export_artifacts(
     model_name: str = "",
     task: str = "single_label",
     onnx_exporter: str = "dynamo",
+    search: SearchSettings | None = None,
 ) -> list[ExportedArtifact]:
-    """Build each target under ``out_dir/<format>-<precision>/`` and check it against ``reference``."""
-    if any(t.needs_calibration for t in targets) and calibration is None:
-        raise ExportError("INT8 targets need a calibration set (a folder of representative images)")
+    """Build, measure and choose every target; publish them together under ``out_dir``.
+
+    An explicit precision ships as ``<format>-<precision>/``, ``auto`` as ``<format>/``.
+    """
     from .onnx_export import export_onnx
 
+    search = search or SearchSettings()
     out_dir = Path(out_dir)
-    results = []
-    with tempfile.TemporaryDirectory(prefix="edge-cls-export-") as work:
-        source = Path(work) / "model.onnx"
+    if any(t.precision == "int8" for t in targets) and calibration is None:
+        raise ExportError("INT8 targets need a calibration set (a folder of representative images)")
+    _refuse_foreign_destinations(out_dir, targets)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".edge-cls-export-", dir=out_dir))
+    try:
+        source = work / "model.onnx"
         started = time.perf_counter()
         export_onnx(model, spec, labels, source, exporter=onnx_exporter)
-        onnx_seconds = time.perf_counter() - started
-        logger.info("exported ONNX in %.1fs", onnx_seconds)
+        logger.info("exported ONNX in %.1fs", time.perf_counter() - started)
+        context = _Context(source=source, work=work, spec=spec, labels=list(labels), task=task, model_name=model_name,
+                           reference=reference, calibration=calibration, search=search)
+        results, publish = [], []
+        for fmt, group in _by_format(targets).items():
+            for artifact, staging in _export_format(context, fmt, group):
+                results.append(artifact)
+                publish.append((staging, artifact.path))
+        _publish_all(publish, work)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass
+class _Context:
+    source: Path
+    work: Path
+    spec: PreprocessSpec
+    labels: list[str]
+    task: str
+    model_name: str
+    reference: ReferenceSet
+    calibration: CalibrationSet | None
+    search: SearchSettings
+
+
+def _by_format(targets: list[ExportTarget]) -> dict[str, list[ExportTarget]]:
+    groups: dict[str, list[ExportTarget]] = {}
+    for target in targets:
+        groups.setdefault(target.format.name, []).append(target)
+    return groups
+
+
+def _export_format(ctx: _Context, fmt: str, targets: list[ExportTarget]) -> list[tuple[ExportedArtifact, Path]]:
+    """Build and measure every candidate of one format, then choose one artifact per target."""
+    started = time.perf_counter()
+    precisions = [t.precision for t in targets]
+    recipes = candidates(fmt, precisions, transformer=_is_transformer(ctx.source), bf16=_cpu_has_bf16(fmt),
+                         only=list(ctx.search.only) if ctx.search.only is not None else None)
+    if ctx.calibration is None:
+        recipes = [r for r in recipes if not r.int8]
+    built = [_build(ctx, recipe) for recipe in recipes]
+    try:
+        for candidate in built:
+            _measure_accuracy(ctx, candidate)
+        _require_fp32_parity(built)
+        if ctx.search.restore and ctx.calibration is not None and ({"int8", AUTO} & set(precisions)):
+            built += _restore_accuracy(ctx, fmt, built)
+        _time(ctx, built)
+        rows = [c.measured for c in built if c.measured is not None]
+        results = []
         for target in targets:
-            started = time.perf_counter()
-            path = out_dir / target.name
-            with atomic_directory(path) as staging:
-                job = BuildJob(source, staging, target.precision, spec, list(labels), calibration)
-                files, options = target.format.build_function()(job)
-                manifest = Manifest(
-                    backend=target.format.backend, precision=target.precision, model_file=files[0],
-                    spec=spec, labels=list(labels), files=describe_files(staging, files), task=task,
-                    model_name=model_name, runtime_options=options, tools=tool_versions(),
-                )
-                manifest.save(staging)
-                _check(target, staging, manifest, reference)
-                manifest.save(staging)
-            seconds = time.perf_counter() - started  # the shared ONNX export is logged on its own
-            results.append(ExportedArtifact(target, path, manifest, seconds))
-            logger.info("%s: %s in %.1fs", target.name, manifest.parity, seconds)
-    return results
+            selection = select(rows, requested=target.precision, bar=ctx.search.bar,
+                               accept_drop=ctx.search.accept_drop)
+            chosen = next(c for c in built if c.measured is selection.chosen)
+            staging = _finalize(ctx, chosen, target, selection, ctx.work / f"publish-{target.name}")
+            seconds = time.perf_counter() - started
+            results.append((ExportedArtifact(target, Path(ctx.work).parent / target.directory, chosen.manifest,
+                                             seconds, selection), staging))
+            logger.info("%s: shipping %s (%s): %s", target.directory, chosen.recipe.name,
+                        chosen.manifest.runtime_precision, selection.reason)
+        return results
+    finally:
+        for candidate in built:
+            if candidate.classifier is not None:
+                candidate.classifier.close()
 
 
-def _check(target: ExportTarget, staging: Path, manifest: Manifest, reference: ReferenceSet) -> None:
-    """Run the artifact through the public runtime API and record parity and accuracy."""
+def _build(ctx: _Context, recipe: Recipe) -> _Candidate:
+    """Build one candidate in its own staging directory; a failure becomes the candidate's error."""
     from edge_cls.runtimes import load
 
-    with load(staging) as classifier:
-        logits = classifier.logits(reference.batch)
-        manifest.runtime_precision = classifier.precision
-    agree = logits.argmax(1) == reference.logits.argmax(1)
+    staging = ctx.work / recipe.name
+    staging.mkdir()
+    candidate = _Candidate(recipe, staging)
+    measured = Measured(name=f"{recipe.format}-{recipe.precision}", recipe=recipe.name, precision=recipe.precision)
+    candidate.measured = measured
+    started = time.perf_counter()
+    try:
+        job = BuildJob(ctx.source, staging, recipe.precision, ctx.spec, ctx.labels, ctx.calibration, recipe=recipe,
+                       max_agreement_drop=_agreement_drop(ctx.search.bar))
+        files, options = FORMATS[recipe.format].build_function()(job)
+        candidate.manifest = Manifest(
+            backend=FORMATS[recipe.format].backend, precision=recipe.precision, model_file=files[0], spec=ctx.spec,
+            labels=ctx.labels, files=describe_files(staging, files), task=ctx.task, model_name=ctx.model_name,
+            runtime_options=options, recipe=recipe.name, tools=tool_versions(),
+        )
+        candidate.manifest.save(staging)
+        candidate.classifier = load(staging)
+        measured.runtime_precision = candidate.classifier.precision
+    except (ExportError, ArtifactError, OSError, RuntimeError, ValueError) as e:
+        if recipe.precision == "fp32":
+            raise
+        measured.error = f"{type(e).__name__}: {e}"
+        logger.warning("candidate %s failed: %s", recipe.name, measured.error)
+    measured.build_seconds = time.perf_counter() - started
+    return candidate
+
+
+def _measure_accuracy(ctx: _Context, candidate: _Candidate) -> None:
+    if candidate.classifier is None or candidate.measured is None:
+        return
+    logits = candidate.classifier.logits(ctx.reference.batch)
+    for key, value in score(logits, ctx.reference.logits, ctx.reference.targets).items():
+        setattr(candidate.measured, key, value)
+    candidate.measured.extra["mean_abs_logit_error"] = float(np.abs(logits - ctx.reference.logits).mean())
+
+
+def _require_fp32_parity(built: list[_Candidate]) -> None:
+    for candidate in built:
+        m = candidate.measured
+        if candidate.recipe.precision == "fp32" and m is not None and m.agreement < 1.0:
+            raise ExportError(
+                f"{m.name} disagrees with PyTorch on {100 * (1 - m.agreement):.1f}% of the check images "
+                f"(max logit error {m.max_abs_logit_error:.3g}, ran in {m.runtime_precision}); the artifact was not "
+                "written"
+            )
+
+
+def _restore_accuracy(ctx: _Context, fmt: str, built: list[_Candidate]) -> list[_Candidate]:
+    """When no INT8 candidate meets the bar, build the accuracy-restoring recipes (bounded)."""
+    from .recipes import RECIPES, RESTORING
+
+    int8 = [c.measured for c in built if c.recipe.int8 and c.measured is not None]
+    if not int8 or any(m.meets(ctx.search.bar) for m in int8):
+        return []
+    extra = []
+    for name in sorted(RESTORING):
+        recipe = RECIPES[name]
+        if recipe.format != fmt or (ctx.search.only is not None and name not in ctx.search.only):
+            continue
+        logger.info("no INT8 recipe meets the bar: trying %s", name)
+        if name == "ort-restore":
+            candidate = _restore_onnx(ctx, built)
+        else:
+            candidate = _build(ctx, recipe)
+            _measure_accuracy(ctx, candidate)
+        if candidate is not None:
+            extra.append(candidate)
+    return extra
+
+
+def _restore_onnx(ctx: _Context, built: list[_Candidate]) -> _Candidate | None:
+    """ONNX Runtime: the most accurate ORT-quantizer recipe with its worst layers back in float."""
+    from dataclasses import replace
+
+    from edge_cls.runtimes import load
+
+    from .onnxruntime_export import restore_accuracy
+
+    tried = [c for c in built if c.recipe.ort is not None and c.measured is not None and not c.measured.error]
+    if not tried or ctx.calibration is None:
+        return None
+    base = max(tried, key=lambda c: c.measured.agreement)  # type: ignore[union-attr]
+    fp32 = next(c for c in built if c.recipe.precision == "fp32")
+    calibration_reference = fp32.classifier.logits(ctx.calibration.array).argmax(1)
+    need = 1.0 - _agreement_drop(ctx.search.bar)
+
+    def meets_bar(path: Path) -> bool:  # judged on calibration images: the check images stay unseen
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {session.get_inputs()[0].name: ctx.calibration.array})[0]
+        return float((logits.argmax(1) == calibration_reference).mean()) >= need
+
+    recipe = replace(base.recipe, name=f"ort-restore({base.recipe.name})", summary=base.recipe.summary
+                     + "; the layers that hurt the answer most kept in float")
+    staging = ctx.work / recipe.name
+    staging.mkdir()
+    candidate = _Candidate(recipe, staging)
+    candidate.measured = Measured(name="onnx-int8", recipe=recipe.name, precision="int8")
+    started = time.perf_counter()
+    result = restore_accuracy(ctx.source, staging / "model.onnx", ctx.calibration, base.recipe.ort, meets_bar)
+    candidate.measured.build_seconds = time.perf_counter() - started
+    if result is None:
+        candidate.measured.error = "restoring up to 16 layers to float did not meet the bar on the calibration images"
+        return candidate
+    _, kept_float = result
+    candidate.measured.extra["kept_float"] = kept_float
+    candidate.manifest = Manifest(
+        backend="onnxruntime", precision="int8", model_file="model.onnx", spec=ctx.spec, labels=ctx.labels,
+        files=describe_files(staging, ["model.onnx"]), task=ctx.task, model_name=ctx.model_name, recipe=recipe.name,
+        tools=tool_versions(),
+    )
+    candidate.manifest.save(staging)
+    candidate.classifier = load(staging)
+    candidate.measured.runtime_precision = candidate.classifier.precision
+    _measure_accuracy(ctx, candidate)
+    return candidate
+
+
+def _time(ctx: _Context, built: list[_Candidate]) -> None:
+    """Round-robin batch-1 timing of every working candidate of one format."""
+    one = np.ascontiguousarray(ctx.reference.batch[:1])
+    calls = {c.recipe.name: (lambda clf=c.classifier: clf.logits(one)) for c in built if c.classifier is not None}
+    timings = round_robin(calls, rounds=ctx.search.rounds, block=ctx.search.block,
+                          max_seconds=ctx.search.max_timing_seconds)
+    for candidate in built:
+        if candidate.measured is not None and candidate.recipe.name in timings:
+            candidate.measured.timing = timings[candidate.recipe.name]
+
+
+def _finalize(ctx: _Context, chosen: _Candidate, target: ExportTarget, selection: Selection, staging: Path) -> Path:
+    """Copy the chosen candidate to its own publish directory and write its final manifest."""
+    m, manifest = chosen.measured, chosen.manifest
+    if m is None or manifest is None:
+        raise ExportError(f"candidate {chosen.recipe.name} has no manifest")
+    shutil.copytree(chosen.staging, staging)
+    manifest.runtime_precision = m.runtime_precision
+    ref = ctx.reference
     manifest.parity = {
-        "reference": "pytorch-fp32",
-        "split": reference.name,
-        "images": int(len(agree)),
-        "top1_agreement": float(agree.mean()),
-        "disagreements": int((~agree).sum()),
-        "max_abs_logit_error": float(np.abs(logits - reference.logits).max()),
-        "mean_abs_logit_error": float(np.abs(logits - reference.logits).mean()),
-        "runtime_precision": manifest.runtime_precision,
+        "reference": "pytorch-fp32", "split": ref.name, "images": int(len(ref.batch)),
+        "top1_agreement": m.agreement, "disagreements": int(round((1 - m.agreement) * len(ref.batch))),
+        "max_abs_logit_error": m.max_abs_logit_error,
+        "mean_abs_logit_error": m.extra.get("mean_abs_logit_error", 0.0), "runtime_precision": m.runtime_precision,
     }
-    if reference.targets is not None:
-        manifest.accuracy = {
-            "split": reference.name,
-            "images": int(len(reference.targets)),
-            "top1": float((logits.argmax(1) == reference.targets).mean()),
-        }
-    if target.precision == "fp32" and not agree.all():
-        raise ExportError(
-            f"{target.name} disagrees with PyTorch on {int((~agree).sum())} of {len(agree)} {reference.name} images "
-            f"(max logit error {manifest.parity['max_abs_logit_error']:.3g}, ran in {manifest.runtime_precision}); "
-            "the artifact was not written"
-        )
-    if target.precision == "int8" and agree.mean() < MIN_INT8_AGREEMENT:
-        logger.warning(
-            "%s agrees with PyTorch on only %.1f%% of %s images (target: %.0f%%)",
-            target.name, 100 * agree.mean(), reference.name, 100 * MIN_INT8_AGREEMENT,
-        )
+    if m.top1 is not None:
+        manifest.accuracy = {"split": ref.name, "images": int(len(ref.batch)), "top1": m.top1,
+                             "reference_top1": m.reference_top1, "drop_points": m.drop}
+    manifest.search = search_table(selection, bar=ctx.search.bar, check_name=ref.name, check_images=len(ref.batch),
+                                   requested=target.precision)
+    manifest.accepted_drop = selection.accepted_drop
+    manifest.save(staging)
+    return staging
+
+
+def _publish_all(items: list[tuple[Path, Path]], work: Path) -> None:
+    """Swap every built artifact into place together: if one swap fails, every earlier one is undone
+    and the previous artifacts are put back, so the output is all new or all old."""
+    for staging, _ in items:
+        _fsync_tree(staging)
+    moved_old: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for i, (staging, dest) in enumerate(items):
+            if dest.exists():
+                backup = work / f"previous-{i}"
+                os.replace(dest, backup)
+                moved_old.append((backup, dest))
+            os.replace(staging, dest)
+            placed.append(dest)
+        _fsync_dir(items[0][1].parent if items else work)
+    except OSError:
+        for i, dest in enumerate(placed):
+            os.replace(dest, work / f"undone-{i}")
+        for backup, dest in moved_old:
+            os.replace(backup, dest)
+        raise
+
+
+def _fsync_tree(path: Path) -> None:
+    for file in path.iterdir():
+        if file.is_file():
+            with open(file, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _refuse_foreign_destinations(out_dir: Path, targets: list[ExportTarget]) -> None:
+    """Never replace a directory edge-cls did not make: a destination must be absent or an artifact."""
+    for target in targets:
+        dest = out_dir / target.directory
+        if dest.exists() and not (dest / MANIFEST_NAME).is_file():
+            raise ExportError(f"{dest} exists and is not an edge-cls artifact: it was left untouched; choose another "
+                              "--output or move it away")
+
+
+def _agreement_drop(bar: AccuracyBar) -> float:
+    """The agreement loss allowed where no labels decide: the labelled bar's points, or 1 - min_agreement."""
+    return min(bar.max_drop / 100.0, 1.0 - bar.min_agreement) if bar.max_drop > 0 else 1.0 - bar.min_agreement
+
+
+def _is_transformer(onnx_path: Path) -> bool:
+    """A graph with Softmax inside and several MatMuls is attention: NNCF then uses its transformer scheme."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node]
+    return ops.count("MatMul") >= 4 and "Softmax" in ops[:-1]
+
+
+def _cpu_has_bf16(fmt: str) -> bool:
+    if fmt != "openvino":
+        return False
+    try:
+        import openvino as ov
+
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # no CPU plugin or an old OpenVINO: no bf16 candidates
+        return False

@@ -56,6 +56,8 @@ class BuildJob:
     spec: Any  # PreprocessSpec
     labels: list[str]
     calibration: Any = None  # CalibrationSet, for INT8
+    recipe: Any = None  # edge_cls.export.recipes.Recipe; None: the format's default for the precision
+    max_agreement_drop: float = 0.003  # for recipes that restore accuracy themselves
 
 
 FORMATS: dict[str, Format] = {
@@ -63,9 +65,9 @@ FORMATS: dict[str, Format] = {
     for f in (
         Format("onnx", "onnxruntime", ".onnx", ("fp32", "fp16", "int8"), "CPU/GPU",
                "edge_cls.export.onnxruntime_export:build", ("onnx", "onnxruntime"), "pip install 'edge-cls[export]'"),
-        Format("openvino", "openvino", ".xml", ("fp32", "fp16", "int8"), "CPU/GPU/NPU",
+        Format("openvino", "openvino", ".xml", ("fp32", "fp16", "bf16", "int8"), "CPU/GPU/NPU",
                "edge_cls.export.openvino_export:build", ("onnx", "openvino"), "pip install 'edge-cls[export]'",
-               precision_packages={"int8": ("nncf",)}),
+               precision_packages={"int8": ("nncf",), "auto": ("nncf",)}),
         Format("tensorrt", "tensorrt", ".engine", ("fp32", "fp16", "int8"), "NVIDIA GPU",
                "edge_cls.export.tensorrt_export:build", ("onnx", "onnxruntime", "tensorrt"),
                "pip install 'edge-cls[tensorrt]' on a machine with an NVIDIA GPU"),
@@ -73,9 +75,13 @@ FORMATS: dict[str, Format] = {
 }
 
 
+AUTO = "auto"  # the fastest candidate that keeps the answer, chosen by measurement
+
+
 @dataclass(frozen=True)
 class ExportTarget:
-    """One artifact to build: a format at a precision, e.g. ``openvino-int8``."""
+    """One artifact to build: a format at a precision (``openvino-int8``), or ``auto`` (``openvino``:
+    the precision search chooses)."""
 
     format: Format
     precision: str
@@ -85,8 +91,13 @@ class ExportTarget:
         return f"{self.format.name}-{self.precision}"
 
     @property
+    def directory(self) -> str:
+        """Where it ships under the output directory."""
+        return self.format.name if self.precision == AUTO else self.name
+
+    @property
     def needs_calibration(self) -> bool:
-        return self.precision == "int8"
+        return self.precision in ("int8", AUTO)
 
 
 def resolve_targets(formats: Iterable[str], precisions: Iterable[str]) -> list[ExportTarget]:
@@ -99,10 +110,10 @@ def resolve_targets(formats: Iterable[str], precisions: Iterable[str]) -> list[E
         if name not in FORMATS:
             raise ConfigError(f"unknown export format {name!r}; choose from {', '.join(FORMATS)}")
         fmt = FORMATS[name]
-        for precision in precisions:
-            if precision not in fmt.precisions:
+        for precision in dict.fromkeys(precisions):
+            if precision not in (*fmt.precisions, AUTO):
                 raise ConfigError(
-                    f"{name} cannot export {precision!r}; it supports {', '.join(fmt.precisions)}"
+                    f"{name} cannot export {precision!r}; it supports {', '.join(fmt.precisions)} or {AUTO}"
                 )
             missing = fmt.missing_packages(precision)
             if missing:
@@ -113,5 +124,6 @@ def resolve_targets(formats: Iterable[str], precisions: Iterable[str]) -> list[E
 
 def format_table() -> str:
     """The export table as text, for ``edge-cls export --help``."""
-    rows = [f"  {f.name:<9} {f.suffix:<8} {', '.join(f.precisions):<17} {f.device}" for f in FORMATS.values()]
-    return "\n".join(["  format    file     precisions        runs on", *rows])
+    rows = [f"  {f.name:<9} {f.suffix:<8} {', '.join(f.precisions):<22} {f.device}" for f in FORMATS.values()]
+    return "\n".join(["  format    file     precisions             runs on", *rows,
+                      "  auto (the default) ships, per format, the fastest precision that keeps the answer"])

@@ -1,21 +1,19 @@
-"""ONNX Runtime artifacts from an FP32 ONNX file: static INT8 (QDQ, per-channel) and FP16.
+"""ONNX Runtime artifacts from an FP32 ONNX file: FP16, and static INT8 by recipe.
 
-INT8 uses ``onnxruntime.quantization.quantize_static`` with the calibration set, after ORT's
-own pre-processing (shape inference and graph optimisation): QDQ format, INT8 activations and
-weights (ORT's defaults) with per-channel weight scales, and percentile calibration, which clips
-rare outliers (on a demo student, mobilenetv3_small_050 after 6 epochs: 99.2% top-1 agreement
-with PyTorch on the 500 test digits, against 98.8% with ORT's default min-max). It is not tuned for speed on purpose:
-on squeeze-excite CNNs it is slower than FP32 on x86 CPUs (see the benchmark report); faster
-INT8 recipes are separate work.
+INT8 recipes (see :mod:`edge_cls.export.recipes`) run ``onnxruntime.quantization.quantize_static``
+after ORT's own pre-processing (shape inference and graph optimisation), in QDQ or QOperator form,
+with uint8 (U8S8: ORT's fast x86 path) or int8 (S8S8) activations, per-channel int8 weights, and
+min-max, percentile or entropy calibration; or NNCF's ONNX backend. Nodes can be kept in float
+(``nodes_to_exclude``): :func:`restore_accuracy` uses that to return the layers that hurt the
+answer most to float, a few at a time, until the accuracy bar is met.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,38 +22,80 @@ import onnx
 
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.errors import ExportError
+from edge_cls.progress import library_output
 
 from .formats import BuildJob
+from .recipes import OrtQuantization
 
 logger = logging.getLogger(__name__)
+
+QUANTIZABLE = ("Conv", "MatMul", "Gemm")  # the ops whose float/int8 error restore_accuracy ranks
 
 
 def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
     """The ``onnx`` format: the FP32 file as is, converted to FP16, or quantized to INT8."""
     out = job.staging / "model.onnx"
+    recipe = job.recipe
     if job.precision == "fp32":
         shutil.copyfile(job.source, out)
     elif job.precision == "fp16":
         convert_onnx_fp16(job.source, out)
+    elif job.calibration is None:
+        raise ExportError("ONNX Runtime INT8 needs a calibration set")
+    elif recipe is not None and recipe.nncf is not None:
+        quantize_onnx_nncf(job.source, out, job.calibration, transformer=recipe.nncf.transformer)
     else:
-        if job.calibration is None:
-            raise ExportError("ONNX Runtime INT8 needs a calibration set")
-        quantize_onnx_int8(job.source, out, job.calibration)
+        quantize_onnx_int8(job.source, out, job.calibration, settings=recipe.ort if recipe else None)
     return [out.name], {}
 
 
 def quantize_onnx_int8(
-    fp32_path: Path, out_path: Path, calibration: CalibrationSet, *, input_name: str = "input", symmetric: bool = False
+    fp32_path: Path, out_path: Path, calibration: CalibrationSet, *, input_name: str = "input",
+    settings: OrtQuantization | None = None, symmetric: bool = False,
 ) -> Path:
-    """Static QDQ INT8, per-channel weights; ``symmetric`` activations are what TensorRT needs."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    """Static INT8 with ORT's quantizer; ``settings`` default to QDQ U8S8 per-channel min-max."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    settings = settings or OrtQuantization(activations="int8" if symmetric else "uint8",
+                                           symmetric_activations=symmetric)
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    options: dict[str, Any] = {}
+    if settings.symmetric_activations:
+        options.update(ActivationSymmetric=True, WeightSymmetric=True)
+    kwargs = {
+        "quant_format": QuantFormat.QDQ if settings.quant_format == "qdq" else QuantFormat.QOperator,
+        "per_channel": settings.per_channel,
+        "activation_type": QuantType.QUInt8 if settings.activations == "uint8" else QuantType.QInt8,
+        "weight_type": QuantType.QInt8,
+        "nodes_to_exclude": list(settings.nodes_to_exclude) or None,
+        "extra_options": options or None,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        try:
+            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            with library_output():  # the histogram calibrators print progress
+                try:
+                    quantize_static(str(prepared), str(out_path), _reader(calibration, input_name),
+                                    calibrate_method=methods[settings.calibration], **kwargs)
+                except ValueError as e:
+                    if settings.calibration == "minmax":
+                        raise
+                    # Histogram calibrators fail on an activation with a (near-)constant range.
+                    logger.warning("%s calibration failed (%s); calibrating with min-max instead",
+                                   settings.calibration, e)
+                    quantize_static(str(prepared), str(out_path), _reader(calibration, input_name),
+                                    calibrate_method=CalibrationMethod.MinMax, **kwargs)
+        except Exception as e:  # ORT quantization raises many types
+            raise ExportError(f"ONNX Runtime INT8 quantization of {fp32_path} failed ({type(e).__name__}: {e})") from e
+    copy_metadata(fp32_path, out_path)
+    return out_path
+
+
+def _reader(calibration: CalibrationSet, input_name: str) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -65,33 +105,30 @@ def quantize_onnx_int8(
             batch = next(self._batches, None)
             return None if batch is None else {input_name: batch}
 
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        settings = {
-            "quant_format": QuantFormat.QDQ, "per_channel": True,
-            "activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
-            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else None,
-        }
-        try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-            with contextlib.redirect_stdout(io.StringIO()):  # the histogram calibrators print progress
-                try:
-                    quantize_static(
-                        str(prepared),
-                        str(out_path),
-                        Reader(),
-                        calibrate_method=CalibrationMethod.Percentile,
-                        **settings,
-                    )
-                except ValueError as e:
-                    # Percentile histograms fail on an activation with a (near-)constant range.
-                    logger.warning("percentile calibration failed (%s); calibrating with min-max instead", e)
-                    quantize_static(
-                        str(prepared), str(out_path), Reader(), calibrate_method=CalibrationMethod.MinMax, **settings
-                    )
-        except Exception as e:  # ORT quantization raises many types
-            raise ExportError(f"ONNX Runtime INT8 quantization of {fp32_path} failed ({type(e).__name__}: {e})") from e
-    _copy_metadata(fp32_path, out_path)
+    return Reader()
+
+
+def quantize_onnx_nncf(
+    fp32_path: Path, out_path: Path, calibration: CalibrationSet, *, transformer: bool = False
+) -> Path:
+    """INT8 through NNCF's ONNX backend (a QDQ model ONNX Runtime runs), MIXED preset."""
+    import nncf
+
+    nncf.set_log_level(logging.WARNING)
+    model = onnx.load(str(fp32_path))
+    input_name = model.graph.input[0].name
+    dataset = nncf.Dataset(list(calibration.batches(1)), lambda batch: {input_name: batch})
+    kwargs: dict[str, Any] = {"subset_size": len(calibration), "preset": nncf.QuantizationPreset.MIXED,
+                              "fast_bias_correction": False}
+    if transformer:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER
+    try:
+        with library_output():
+            quantized = nncf.quantize(model, dataset, **kwargs)
+    except Exception as e:  # NNCF raises many types
+        raise ExportError(f"NNCF (ONNX backend) quantization failed ({type(e).__name__}: {e})") from e
+    onnx.save_model(quantized, str(out_path))
+    copy_metadata(fp32_path, out_path)
     return out_path
 
 
@@ -108,7 +145,91 @@ def convert_onnx_fp16(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def _copy_metadata(source: Path, target: Path) -> None:
+def rank_quantization_error(fp32_path: Path, int8_path: Path, calibration: CalibrationSet, *,
+                            images: int = 32) -> list[str]:
+    """Names of the quantized Conv/MatMul/Gemm nodes of ``fp32_path``, worst first: by how much
+    relative error each adds at its output over the error already at its input, running the FP32
+    and the QDQ model side by side on ``images`` calibration images.
+
+    Written here because ORT's ``qdq_loss_debug`` reports per-tensor SQNR but not the error a node
+    itself introduces, which is what deciding "which layer goes back to float" needs."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(fp32_path))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    nodes = [n for n in model.graph.node if n.op_type in QUANTIZABLE and n.name]
+    watched = sorted({t for n in nodes for t in (*n.output[:1], *n.input[:1]) if t in producers or t == _input(model)})
+    float_acts = _activations(model, watched, calibration, images, ort)
+    qdq = onnx.load(str(int8_path))
+    q_watched = [t for t in watched if any(t in node.output for node in qdq.graph.node) or t == _input(qdq)]
+    quant_acts = _activations(qdq, q_watched, calibration, images, ort)
+    scores = []
+    for node in nodes:
+        out, inp = node.output[0], node.input[0]
+        if out not in quant_acts or out not in float_acts:
+            continue
+        added = _relative_error(quant_acts[out], float_acts[out]) - (
+            _relative_error(quant_acts[inp], float_acts[inp]) if inp in quant_acts and inp in float_acts else 0.0)
+        scores.append((added, node.name))
+    return [name for _, name in sorted(scores, reverse=True)]
+
+
+def _input(model: onnx.ModelProto) -> str:
+    return model.graph.input[0].name
+
+
+def _activations(model: onnx.ModelProto, tensors: list[str], calibration: CalibrationSet, images: int,
+                 ort: Any) -> dict[str, np.ndarray]:
+    """The values of ``tensors`` (made graph outputs) on the first ``images`` calibration images."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    existing = {o.name for o in model.graph.output}
+    for name in tensors:
+        if name not in existing and name != _input(model):
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs() if o.name in tensors]
+    batch = calibration.array[:images]
+    values = session.run(names, {_input(model): batch})
+    acts = dict(zip(names, values))
+    if _input(model) in tensors:
+        acts[_input(model)] = batch
+    return acts
+
+
+def _relative_error(quantized: np.ndarray, reference: np.ndarray) -> float:
+    reference = reference.astype(np.float64)
+    return float(np.linalg.norm(quantized.astype(np.float64) - reference) / (np.linalg.norm(reference) + 1e-12))
+
+
+def restore_accuracy(
+    fp32_path: Path, out_path: Path, calibration: CalibrationSet, settings: OrtQuantization,
+    meets_bar: Callable[[Path], bool], *, steps: tuple[int, ...] = (1, 2, 4, 8, 16),
+) -> tuple[Path, list[str]] | None:
+    """Quantize with ``settings``, then return the worst layers to float (1, 2, 4, ... of them,
+    ranked by :func:`rank_quantization_error`) until ``meets_bar(model_path)`` says yes.
+
+    Bounded: at most ``len(steps)`` re-quantizations. Returns the model and the layers kept in
+    float, or None when even the last step misses the bar."""
+    from dataclasses import replace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        first = quantize_onnx_int8(fp32_path, Path(tmp) / "all.onnx", calibration, settings=settings)
+        ranking = rank_quantization_error(fp32_path, first, calibration)
+        for count in steps:
+            if count > len(ranking):
+                break
+            excluded = tuple(ranking[:count])
+            candidate = quantize_onnx_int8(fp32_path, Path(tmp) / f"keep{count}.onnx", calibration,
+                                           settings=replace(settings, nodes_to_exclude=excluded))
+            if meets_bar(candidate):
+                shutil.copyfile(candidate, out_path)
+                return out_path, list(excluded)
+    return None
+
+
+def copy_metadata(source: Path, target: Path) -> None:
     metadata = onnx.load(str(source), load_external_data=False).metadata_props
     model = onnx.load(str(target))
     keys = {p.key for p in metadata}

@@ -1,7 +1,9 @@
-"""OpenVINO IR artifacts from an FP32 ONNX file: FP32, FP16 weights, and INT8 through NNCF.
+"""OpenVINO IR artifacts from an FP32 ONNX file: FP32, FP16 weights, bf16, and INT8 through NNCF.
 
 The spec and labels go into the IR's ``rt_info``. ``ov.save_model`` compresses weights to FP16
-by default; an FP32 artifact is saved with ``compress_to_fp16=False``.
+by default; every other artifact is saved with ``compress_to_fp16=False``. What precision the
+float parts run in is a runtime option (``INFERENCE_PRECISION_HINT``), stored in the manifest:
+without it OpenVINO runs an f32 model in bf16 on CPUs that have bf16.
 """
 
 from __future__ import annotations
@@ -11,33 +13,41 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.errors import ExportError
 from edge_cls.preprocess import PreprocessSpec
+from edge_cls.progress import library_output
 
 from .formats import BuildJob
+from .recipes import NncfQuantization
 
 logger = logging.getLogger(__name__)
 
+MAX_ACCURACY_ITERATIONS = 4  # nncf.quantize_with_accuracy_control: layers reverted per search, bounded
+ACCURACY_RANKING_SUBSET = 64
+
 
 def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
-    """The ``openvino`` format: an IR at the job's precision."""
+    """The ``openvino`` format: an IR by the job's recipe (or precision, without one)."""
+    recipe = job.recipe
+    settings = recipe.nncf if recipe is not None else (NncfQuantization() if job.precision == "int8" else None)
+    compress = recipe.compress_weights_fp16 if recipe is not None else job.precision == "fp16"
     written = export_openvino(job.source, job.staging / "model.xml", job.precision, job.spec, job.labels,
-                              calibration=job.calibration)
-    # An FP32 artifact must run in FP32: without the hint OpenVINO runs bf16 on CPUs that have it.
-    options = {"inference_precision": "f32"} if job.precision == "fp32" else {}
+                              calibration=job.calibration, settings=settings, compress_to_fp16=compress,
+                              max_agreement_drop=job.max_agreement_drop)
+    if recipe is not None:
+        options = dict(recipe.runtime)
+    else:  # an FP32 artifact must run in FP32: without the hint OpenVINO runs bf16 on CPUs that have it
+        options = {"inference_precision": "f32"} if job.precision in ("fp32", "fp16") else {}
     return [p.name for p in written], options
 
 
 def export_openvino(
-    onnx_path: Path,
-    xml_path: Path,
-    precision: str,
-    spec: PreprocessSpec,
-    labels: list[str],
-    *,
-    calibration: CalibrationSet | None = None,
-    fast_bias_correction: bool = False,
+    onnx_path: Path, xml_path: Path, precision: str, spec: PreprocessSpec, labels: list[str], *,
+    calibration: CalibrationSet | None = None, settings: NncfQuantization | None = None,
+    compress_to_fp16: bool = False, max_agreement_drop: float = 0.003,
 ) -> list[Path]:
     """Convert ``onnx_path`` to an IR at ``xml_path`` (+ ``.bin``); returns the files written."""
     import openvino as ov
@@ -49,30 +59,75 @@ def export_openvino(
     if precision == "int8":
         if calibration is None:
             raise ExportError("OpenVINO INT8 needs a calibration set")
-        model = quantize_nncf(model, calibration, fast_bias_correction=fast_bias_correction)
+        settings = settings or NncfQuantization()
+        if settings.accuracy_control:
+            model = quantize_nncf_with_accuracy_control(model, calibration, settings, max_agreement_drop)
+        else:
+            model = quantize_nncf(model, calibration, settings)
     model.set_rt_info(json.dumps(spec.to_dict()), ["edge_cls", "preprocess"])
     model.set_rt_info(json.dumps(list(labels)), ["edge_cls", "labels"])
-    ov.save_model(model, str(xml_path), compress_to_fp16=precision == "fp16")
+    ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
     return [xml_path, xml_path.with_suffix(".bin")]
 
 
-def quantize_nncf(model, calibration: CalibrationSet, *, fast_bias_correction: bool = False):
-    """Post-training INT8 with ``nncf.quantize`` on the preprocessed calibration batches.
-
-    Full bias correction is the default: NNCF's own tables show MobileNetV3 losing far more
-    top-1 with the fast variant. The MIXED preset (asymmetric activations) keeps the negative
-    tail of hard-swish and SiLU outputs; on a demo student (mobilenetv3_small_100, 6 epochs) it
-    raised top-1 agreement with PyTorch from 98.8% (PERFORMANCE preset) to 99.4%.
-    """
+def _nncf_kwargs(settings: NncfQuantization, calibration: CalibrationSet) -> dict[str, Any]:
     import nncf
 
     nncf.set_log_level(logging.WARNING)  # NNCF resets its logger to INFO on import
-    settings = {
+    kwargs: dict[str, Any] = {
         "subset_size": len(calibration),
-        "preset": nncf.QuantizationPreset.MIXED,
-        "fast_bias_correction": fast_bias_correction,
+        "preset": nncf.QuantizationPreset.MIXED if settings.preset == "mixed" else nncf.QuantizationPreset.PERFORMANCE,
+        "fast_bias_correction": settings.fast_bias_correction,
     }
+    if settings.transformer:
+        kwargs["model_type"] = nncf.ModelType.TRANSFORMER  # NNCF then applies SmoothQuant to the MatMuls
+    return kwargs
+
+
+def quantize_nncf(model: Any, calibration: CalibrationSet, settings: NncfQuantization | None = None) -> Any:
+    """Post-training INT8 with ``nncf.quantize`` on the preprocessed calibration batches.
+
+    Full bias correction by default: NNCF's own tables show MobileNetV3 losing far more top-1 with
+    the fast variant. The MIXED preset (asymmetric activations) keeps the negative tail of
+    hard-swish and SiLU outputs.
+    """
+    import nncf
+
+    settings = settings or NncfQuantization()
+    dataset = nncf.Dataset(list(calibration.batches(1)))
     try:
-        return nncf.quantize(model, nncf.Dataset(list(calibration.batches(1))), **settings)
+        with library_output():
+            return nncf.quantize(model, dataset, **_nncf_kwargs(settings, calibration))
     except Exception as e:
         raise ExportError(f"NNCF quantization failed ({type(e).__name__}: {e})") from e
+
+
+def quantize_nncf_with_accuracy_control(
+    model: Any, calibration: CalibrationSet, settings: NncfQuantization, max_agreement_drop: float
+) -> Any:
+    """``nncf.quantize_with_accuracy_control``, bounded: the metric is top-1 agreement with the FP32
+    model on the calibration images (no labels needed; the check images stay unseen), and at most
+    MAX_ACCURACY_ITERATIONS rounds of reverting layers to float."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    batches = list(calibration.batches(1))
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    reference = np.concatenate([compiled(batch)[0] for batch in batches]).argmax(1)
+
+    def agreement(compiled_model: Any, data: Any) -> float:
+        predicted = np.concatenate([compiled_model(batch)[0] for batch in data]).argmax(1)
+        return float((predicted == reference[:len(predicted)]).mean())
+
+    dataset = nncf.Dataset(batches)
+    restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=MAX_ACCURACY_ITERATIONS,
+                                                  ranking_subset_size=min(ACCURACY_RANKING_SUBSET, len(batches)))
+    try:
+        with library_output():
+            return nncf.quantize_with_accuracy_control(
+                model, dataset, dataset, agreement, max_drop=max_agreement_drop, drop_type=nncf.DropType.ABSOLUTE,
+                advanced_accuracy_restorer_parameters=restorer, **_nncf_kwargs(settings, calibration),
+            )
+    except Exception as e:
+        raise ExportError(f"NNCF accuracy-controlled quantization failed ({type(e).__name__}: {e})") from e

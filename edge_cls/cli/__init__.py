@@ -68,8 +68,10 @@ def _command_index(argv: list[str]) -> int:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("edge_cls").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("nncf", "onnx_ir", "torch.onnx", "torch.utils.cpp_extension"):
+    for noisy in ("nncf", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # NNCF imports torch's C++-extension helper, which warns about CUDA on every CPU-only machine
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 class _Parser(argparse.ArgumentParser):

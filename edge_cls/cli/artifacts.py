@@ -114,5 +114,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         a = manifest.accuracy
         lines.append(f"accuracy:   top-1 {100 * a['top1']:.1f}% on {a['images']} {a['split']} images")
     lines.append("tools:      " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
+    if manifest.accepted_drop:
+        lines.append("WARNING:    shipped although it missed the accuracy bar (--accept-drop)")
+    if manifest.search:
+        from ..export.search import format_search
+
+        lines += format_search(manifest.search)
     print("\n".join(lines))
     return 0

@@ -26,10 +26,11 @@ def add_parser(sub: Any) -> None:
     options.add(e, "model", note="with --weights or --pretrained; or give --checkpoint")
     options.add_all(e, "checkpoint", "weights", "pretrained", "labels", "num_classes")
     options.add(e, "img_size", note="default: the model's pretrained_cfg")
-    options.add_all(e, "calib_data", "check_data", "calibration_size")
+    options.add_all(e, "calib_data", "check_data", "calibration_size", "calib_augment")
     options.add(e, "output", note="one sub-directory per artifact")
     options.add(e, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
-    options.add(e, "precisions", default=["fp32", "int8"], note="default: fp32 int8")
+    options.add(e, "precisions", default=["auto"], note="default: auto")
+    options.add_all(e, "max_drop", "accept_drop", "recipes")
     e.set_defaults(func=run_export)
 
 
@@ -55,7 +56,7 @@ def read_labels(path: Path) -> list[str]:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export import ReferenceSet, export_artifacts, resolve_targets
+    from ..export import AccuracyBar, SearchSettings, export_artifacts, resolve_targets
 
     if args.model is None and args.checkpoint is None:
         raise ConfigError("give --model NAME (with --weights or --pretrained) or --checkpoint FILE")
@@ -64,41 +65,91 @@ def run_export(args: argparse.Namespace) -> int:
     if args.output is None:
         raise ConfigError("give --output DIR: the artifacts go into one sub-directory each")
     targets = resolve_targets(args.formats, args.precisions)  # fail before loading anything
-    if any(t.needs_calibration for t in targets) and args.calib_data is None:
+    if any(t.precision == "int8" for t in targets) and args.calib_data is None:
         raise ConfigError("INT8 needs --calib-data, a folder of representative images (a few hundred is plenty)")
-    check_dir = args.check_data or args.calib_data
-    if check_dir is None:
-        raise ConfigError(
-            "give --check-data (or --calib-data): a folder of images to check the exported model against PyTorch"
-        )
-    calibration_size = args.calibration_size or 300
+    if args.calib_data is None and args.check_data is None:
+        raise ConfigError("give --calib-data (and/or --check-data): images to calibrate on and to check the exported "
+                          "model against PyTorch")
+    model, spec, labels, name = _load_model(args)
+    calibrate = any(t.needs_calibration for t in targets)
+    calibration, reference = _calibration_and_check(args, model, spec, labels, calibrate=calibrate)
+    bar = AccuracyBar() if args.max_drop is None else AccuracyBar(max_drop=args.max_drop)
+    exported = export_artifacts(model, spec, labels, args.output, targets, reference=reference,
+                                calibration=calibration, model_name=name,
+                                search=SearchSettings(bar=bar, accept_drop=bool(args.accept_drop),
+                                                      only=tuple(args.recipes) if args.recipes else None))
+    for artifact in exported:
+        m = artifact.manifest
+        accuracy = f", top-1 {100 * m.accuracy['top1']:.1f}%" if m.accuracy else ""
+        print(f"{artifact.path}: {m.precision} ({m.recipe}, ran as {m.runtime_precision}), top-1 agreement "
+              f"{100 * m.parity['top1_agreement']:.1f}% on {m.parity['images']} check images{accuracy}"
+              + (" [ACCEPTED DROP]" if m.accepted_drop else ""))
+    return 0
 
-    from ..calibration_data import CalibrationSet
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:
     from ..training.checkpoints import Checkpoint
     from ..training.models import ModelRecipe, create_model, spec_for_model
 
     if args.checkpoint:
         checkpoint = Checkpoint.load(args.checkpoint)
-        model, spec, labels, name = checkpoint.build(), checkpoint.spec, checkpoint.labels, checkpoint.recipe.name
+        return checkpoint.build(), checkpoint.spec, checkpoint.labels, checkpoint.recipe.name
+    if args.weights is None and not args.pretrained:
+        raise ConfigError("give --weights PATH (or --pretrained): exporting random weights is never what you want")
+    labels = _labels_for(args)
+    model = create_model(ModelRecipe(name=args.model, num_classes=len(labels)), pretrained=bool(args.pretrained),
+                         weights=args.weights)
+    return model.eval(), spec_for_model(model, input_size=args.img_size), labels, args.model
+
+
+def _calibration_and_check(
+    args: argparse.Namespace, model: Any, spec: Any, labels: list[str], *, calibrate: bool
+) -> tuple[Any, Any]:
+    """Calibration images and check images that never overlap: --check-data when given, else a
+    stratified split of --calib-data. Check images in class folders named like the labels are
+    scored by top-1, others by agreement with PyTorch."""
+    import numpy as np
+
+    from ..calibration_data import (
+        DEFAULT_CHECK_SIZE,
+        CalibrationSet,
+        default_cache_dir,
+        folder_labels,
+        image_files,
+        split_folder,
+        stratified_sample,
+    )
+    from ..export import ReferenceSet
+
+    size = args.calibration_size or 300
+    augment = size if args.calib_augment else 0
+    cache = default_cache_dir()
+    if args.check_data is not None:
+        check_files = image_files(args.check_data)
+        check_targets = folder_labels(Path(args.check_data), check_files, labels)
+        strata = check_targets if check_targets is not None else np.zeros(len(check_files), dtype=np.int64)
+        keep = stratified_sample(strata, DEFAULT_CHECK_SIZE)  # memory and time stay bounded
+        check_files = [check_files[i] for i in keep]
+        check_targets = None if check_targets is None else check_targets[keep]
+        calibration = None
+        if args.calib_data and calibrate:
+            overlap = {p.resolve() for p in check_files} & {p.resolve() for p in image_files(args.calib_data)}
+            if overlap:
+                raise ConfigError(f"--check-data and --calib-data share {len(overlap)} images (e.g. "
+                                  f"{sorted(overlap)[0]}): an artifact must not be checked on the images it was "
+                                  "calibrated on")
+            calibration = CalibrationSet.from_folder(args.calib_data, spec, size=size, augment_to=augment,
+                                                     cache_dir=cache)
+        check_name = Path(args.check_data).name
     else:
-        if args.weights is None and not args.pretrained:
-            raise ConfigError("give --weights PATH (or --pretrained): exporting random weights is never what you want")
-        labels = _labels_for(args)
-        model = create_model(ModelRecipe(name=args.model, num_classes=len(labels)), pretrained=bool(args.pretrained),
-                             weights=args.weights)
-        spec, name = spec_for_model(model, input_size=args.img_size), args.model
-    model.eval()
-    calibration = CalibrationSet.from_folder(args.calib_data, spec, size=calibration_size) if args.calib_data else None
-    # Another seed than calibration's: parity measured on the calibration images would flatter INT8.
-    reference_images = CalibrationSet.from_folder(check_dir, spec, size=calibration_size, seed=1)
-    reference = ReferenceSet.from_model(model, reference_images.array, name=check_dir.name)
-    exported = export_artifacts(model, spec, labels, args.output, targets, reference=reference,
-                                calibration=calibration, model_name=name)
-    for artifact in exported:
-        p = artifact.manifest.parity
-        print(f"{artifact.path}: top-1 agreement {100 * p['top1_agreement']:.1f}% on {p['images']} images, "
-              f"max logit error {p['max_abs_logit_error']:.3g}, ran as {artifact.manifest.runtime_precision}")
-    return 0
+        split = split_folder(args.calib_data, labels, calibration_size=size)
+        calibration = None
+        if calibrate:
+            calibration = CalibrationSet(split.calibration, spec, augment_to=augment, cache_dir=cache)
+        check_files, check_targets = split.check, split.check_targets
+        check_name = f"{Path(args.calib_data).name} (held out)"
+    batch = np.stack([spec(path) for path in check_files])
+    return calibration, ReferenceSet.from_model(model, batch, check_targets, name=check_name)
 
 
 def _labels_for(args: argparse.Namespace) -> list[str]:

@@ -264,8 +264,35 @@ VOCABULARY: dict[str, Flag] = {
         "images used to calibrate INT8 (default: 300)",
         kwargs={"type": _int_at_least(1, "--calibration-size")},
     ),
+    "calib_augment": Flag(
+        ("--calib-augment",),
+        "add flipped and cropped views of the calibration images up to --calibration-size (small folders)",
+        kwargs=BOOL,
+    ),
     "formats": Flag(("--formats",), "onnx, openvino, tensorrt", kwargs={"nargs": "+", "metavar": "FORMAT"}),
-    "precisions": Flag(("--precisions",), "fp32, fp16, int8", kwargs={"nargs": "+", "metavar": "PRECISION"}),
+    "precisions": Flag(
+        ("--precisions",),
+        "auto (per format, the fastest artifact that keeps the answer, chosen by measurement), fp32, fp16, "
+        "bf16 (OpenVINO), int8",
+        kwargs={"nargs": "+", "metavar": "PRECISION"},
+    ),
+    "max_drop": Flag(
+        ("--max-drop",),
+        "points of top-1 a low-precision artifact may lose on the check images; without labels, top-1 "
+        "agreement with PyTorch must be >= 99.5%% instead (default: 0.3)",
+        kwargs={"type": _float_in(0.0, 100.0), "metavar": "POINTS"},
+    ),
+    "recipes": Flag(
+        ("--recipes",),
+        "restrict the precision search to these recipes (see edge_cls.export.recipes; default: all), "
+        "e.g. ort-qdq-u8s8 ov-nncf-mixed",
+        kwargs={"nargs": "+", "metavar": "RECIPE"},
+    ),
+    "accept_drop": Flag(
+        ("--accept-drop",),
+        "ship an explicitly requested precision even if it misses --max-drop (the manifest and info say so)",
+        kwargs=BOOL,
+    ),
     # running artifacts
     "topk": Flag(("-k", "--topk"), "classes per image", aliases=("--top-k",), kwargs={"type": COUNT}),
     "backend": Flag(

@@ -127,7 +127,11 @@ def test_export_rejects_bad_arguments_before_work(tmp_path):
         "cannot export 'int4'",
     )
     assert_one_line_error(
-        run("export", "--model", "test_efficientnet", "--num-classes", "3", "--out", tmp_path), "needs --calib"
+        run("export", "--model", "test_efficientnet", "--num-classes", "3", "--precisions", "int8", "--out", tmp_path),
+        "needs --calib",
+    )
+    assert_one_line_error(
+        run("export", "--model", "test_efficientnet", "--num-classes", "3", "--out", tmp_path), "give --calib-data"
     )
 
 
@@ -177,25 +181,28 @@ def test_export_from_plain_state_dict_then_predict(tmp_path, digits_root, test_i
 
 
 def test_build_end_to_end_on_a_folder(tmp_path, digits_root):
-    """The whole pipeline, tiny: teacher, student alone, distilled student, 4 artifacts, report."""
+    """The whole pipeline, tiny: teacher, student alone, distilled student, one auto artifact per
+    backend with its precision search, report."""
     out = tmp_path / "build"
     result = run("build", "--data", digits_root, "--teacher", "test_vit", "--student", "test_efficientnet",
                  "--input-size", "32", "--teacher-epochs", "1", "--student-epochs", "1", "--calibration-size", "16",
                  "--bench-iterations", "5", "--out", out, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in (out / "artifacts").iterdir()) == [
-        "onnx-fp32",
-        "onnx-int8",
-        "openvino-fp32",
-        "openvino-int8",
-    ]
+    assert sorted(p.name for p in (out / "artifacts").iterdir()) == ["onnx", "openvino"]
     report = json.loads((out / "report.json").read_text())
     names = [row["name"] for row in report["rows"]]
     assert names[:3] == ["teacher test_vit", "student alone test_efficientnet", "student KD test_efficientnet"]
-    assert len(names) == 7 and (out / "report.md").is_file() and (out / "accuracy_latency.png").stat().st_size > 1000
+    assert len(names) == 5 and (out / "report.md").is_file() and (out / "accuracy_latency.png").stat().st_size > 1000
+    for backend in ("onnx", "openvino"):
+        search = report["search"][backend]
+        assert search["requested"] == "auto" and search["check"]["split"] == "val"
+        recipes = [row["recipe"] for row in search["candidates"]]
+        assert recipes[0] in ("ort-fp32", "ov-fp32") and any(r["precision"] == "int8" for r in search["candidates"])
+        assert sum(row["verdict"] == "shipped" for row in search["candidates"]) == 1
+    assert "## Precision search" in (out / "report.md").read_text()
     for stage in ("data", "teacher", "student_alone", "distill", "export", "benchmark"):
         assert stage in report["stage_seconds"]
-    assert "student KD onnx-fp32" in result.stdout
+    assert "student KD onnx " in result.stdout and "student KD openvino " in result.stdout
 
 
 def test_train_writes_a_checkpoint_usable_as_teacher_weights(tmp_path, digits_root):
@@ -282,3 +289,49 @@ def test_finetune_teacher_bad_weights_and_truncated_resume(tmp_path, digits_root
                           "unreadable or truncated")
     assert (state_dir / "last.pt").read_bytes() == b"PK\x03\x04 truncated"
     assert not (tmp_path / "t.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def unlabelled_images(digits_root, tmp_path_factory):
+    """Test digits in one flat folder: no labels, so the bar is agreement with PyTorch (>= 99.5%)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("flat")
+    for path in sorted((digits_root / "test").rglob("*.png")):
+        shutil.copy(path, folder / f"{path.parent.name}_{path.name}")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gray_images(tmp_path_factory):
+    """Four flat grey frames: calibrating on them gives INT8 ranges that fit no real digit."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("gray")
+    for level in (0, 40, 80, 120):
+        Image.new("L", (28, 28), level).save(folder / f"gray{level}.png")
+    return folder
+
+
+def test_explicit_int8_that_misses_the_bar_fails_in_one_line(tiny_checkpoint, gray_images, unlabelled_images, tmp_path):
+    out = tmp_path / "out"
+    common = ["export", "--checkpoint", tiny_checkpoint, "--calib-data", gray_images, "--check-data", unlabelled_images,
+              "--formats", "onnx", "--precisions", "int8", "--output", out]
+    result = run(*common)
+    assert_one_line_error(result, "no int8 recipe meets the accuracy bar (top-1 agreement >= 99.5%)")
+    assert "--accept-drop" in result.stderr
+    assert not (out / "onnx-int8").exists()
+
+    accepted = run(*common, "--accept-drop")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "[ACCEPTED DROP]" in accepted.stdout
+    manifest = json.loads((out / "onnx-int8" / "manifest.json").read_text())
+    assert manifest["accepted_drop"] is True and manifest["search"]["accepted_drop"] is True
+    info = run("info", out / "onnx-int8")
+    assert "missed the accuracy bar" in info.stdout and "search:" in info.stdout
+
+
+def test_check_data_must_not_overlap_calibration(tiny_checkpoint, digits_root, tmp_path):
+    result = run("export", "--checkpoint", tiny_checkpoint, "--calib-data", digits_root / "train",
+                 "--check-data", digits_root / "train" / "3", "--precisions", "int8", "--output", tmp_path / "o")
+    assert_one_line_error(result, "must not be checked on the images it was calibrated on")

@@ -145,3 +145,44 @@ def test_export_table_validates_first():
         resolve_targets(["onnx"], ["int4"])
     with pytest.raises(ConfigError):
         resolve_targets([], ["fp32"])
+
+
+def test_auto_ships_one_measured_artifact_per_backend(student, digits_root, tmp_path, quick_search):
+    from edge_cls.calibration_data import CalibrationSet
+    from edge_cls.data import load_splits, preprocess_split
+
+    checkpoint, model = student
+    splits = load_splits(digits_root)
+    batch, targets = preprocess_split(splits["val"], checkpoint.spec)
+    exported = export_artifacts(
+        model, checkpoint.spec, checkpoint.labels, tmp_path, resolve_targets(["onnx", "openvino"], ["auto"]),
+        reference=ReferenceSet.from_model(model, batch, targets, name="val"),
+        calibration=CalibrationSet.from_split(splits["train"], checkpoint.spec, size=32), onnx_exporter="torchscript",
+        search=quick_search(),
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx", "openvino"]  # no staging left behind
+    for artifact in exported:
+        manifest = load_manifest(artifact.path)
+        search = manifest.search
+        rows = {row["recipe"]: row for row in search["candidates"]}
+        shipped = [row for row in rows.values() if row["verdict"] == "shipped"]
+        assert len(shipped) == 1 and shipped[0]["recipe"] == manifest.recipe
+        fp32 = next(row for row in rows.values() if row["precision"] == "fp32")
+        if manifest.precision != "fp32":  # a low-precision artifact ships only if it keeps the answer and is faster
+            assert shipped[0]["drop_points"] <= 0.3
+            assert shipped[0]["p50_ms"] <= 0.95 * fp32["p50_ms"]
+        assert manifest.accuracy["split"] == "val" and manifest.parity["images"] == len(batch)
+        assert not manifest.accepted_drop
+
+
+def test_split_folder_keeps_calibration_and_check_images_apart(digits_root):
+    from edge_cls.calibration_data import split_folder
+
+    split = split_folder(digits_root / "train", [str(i) for i in range(10)], calibration_size=100, check_size=50)
+    assert not set(split.calibration) & set(split.check)
+    assert len(split.check) == 50 and len(split.calibration) == 100
+    assert sorted(set(split.check_targets.tolist())) == list(range(10))  # stratified: every class is checked
+    classes = [p.parent.name for p in split.check]
+    assert [int(c) for c in classes] == split.check_targets.tolist()
+    unlabelled = split_folder(digits_root / "train", ["a", "b"], calibration_size=10, check_size=5)
+    assert unlabelled.check_targets is None  # sub-directories are not the model's labels: agreement only

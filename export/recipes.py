@@ -1,0 +1,146 @@
+"""Recipes: the ways edge-cls builds each format at each precision, as typed, named settings.
+
+The fastest INT8 recipe depends on the CPU and the model (ONNX Runtime's S8S8 QDQ is 3-4x slower
+than FP32 on squeeze-excite CNNs on x86, U8S8 is faster; on an Intel Xeon with AMX even U8S8 lost
+to FP32 on mobilenetv3_large), so edge-cls does not pick one by default: the precision search
+(:mod:`edge_cls.export.search`) builds the candidates listed here, measures them on this machine
+and ships what wins. Every shipped manifest names its recipe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from edge_cls.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class OrtQuantization:
+    """``onnxruntime.quantization.quantize_static`` settings."""
+
+    quant_format: str = "qdq"  # qdq (Q/DQ pairs around float ops) | qoperator (QLinearConv, ...)
+    activations: str = "uint8"  # uint8 (asymmetric: ORT's fast x86 path, U8S8) | int8 (S8S8)
+    per_channel: bool = True  # per-output-channel weight scales (depthwise convs need them)
+    calibration: str = "minmax"  # minmax | percentile (clips outliers; slow on large models) | entropy
+    symmetric_activations: bool = False  # what TensorRT's explicit quantization needs
+    nodes_to_exclude: tuple[str, ...] = ()  # kept in float (accuracy restoration fills this)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NncfQuantization:
+    """``nncf.quantize`` settings (OpenVINO IR or ONNX)."""
+
+    preset: str = "mixed"  # mixed (asymmetric activations: keeps hard-swish/SiLU tails) | performance
+    fast_bias_correction: bool = False  # NNCF's tables: MobileNetV3 loses far more top-1 with the fast one
+    transformer: bool = False  # model_type=TRANSFORMER (+ SmoothQuant): for ViTs
+    accuracy_control: bool = False  # nncf.quantize_with_accuracy_control, bounded (see MAX_ACCURACY_ITERATIONS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """One way to build ``format`` at ``precision``; ``runtime`` options go into the manifest."""
+
+    name: str
+    format: str
+    precision: str
+    summary: str
+    ort: OrtQuantization | None = None
+    nncf: NncfQuantization | None = None
+    runtime: dict[str, str] = field(default_factory=dict)  # e.g. {"inference_precision": "bf16"}
+    compress_weights_fp16: bool = False  # OpenVINO: FP16 weights in the .bin (half the file)
+
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
+
+
+def _recipes() -> dict[str, Recipe]:
+    recipes = [
+        Recipe(name="ort-fp32", format="onnx", precision="fp32", summary="the FP32 ONNX file"),
+        Recipe(name="ort-fp16", format="onnx", precision="fp16",
+               summary="FP16 weights and compute, FP32 input/output (onnxruntime.transformers.float16)"),
+        Recipe(name="ort-qdq-u8s8", format="onnx", precision="int8",
+               summary="static QDQ, uint8 activations, int8 per-channel weights, min-max",
+               ort=OrtQuantization()),
+        Recipe(name="ort-qop-u8s8", format="onnx", precision="int8",
+               summary="static QOperator (QLinearConv...), uint8 activations, int8 per-channel weights, min-max",
+               ort=OrtQuantization(quant_format="qoperator")),
+        Recipe(name="ort-qdq-s8s8", format="onnx", precision="int8",
+               summary="static QDQ, int8 activations and per-channel weights, percentile (ORT's ARM-friendly form)",
+               ort=OrtQuantization(activations="int8", calibration="percentile")),
+        Recipe(name="ort-nncf", format="onnx", precision="int8",
+               summary="NNCF's ONNX backend (QDQ), MIXED preset, full bias correction",
+               nncf=NncfQuantization()),
+        Recipe(name="ov-fp32", format="openvino", precision="fp32", summary="FP32 IR, run in f32",
+               runtime={"inference_precision": "f32"}),
+        Recipe(name="ov-fp16", format="openvino", precision="fp16",
+               summary="FP16 weights in the IR (half the file), computed in f32",
+               runtime={"inference_precision": "f32"}, compress_weights_fp16=True),
+        Recipe(name="ov-bf16", format="openvino", precision="bf16", summary="FP32 IR run in bf16 (CPUs with bf16)",
+               runtime={"inference_precision": "bf16"}),
+        Recipe(name="ov-nncf-mixed", format="openvino", precision="int8",
+               summary="NNCF INT8, MIXED preset, full bias correction, float parts in f32",
+               nncf=NncfQuantization(), runtime={"inference_precision": "f32"}),
+        Recipe(name="ov-nncf-mixed-bf16", format="openvino", precision="int8",
+               summary="NNCF INT8, MIXED preset, full bias correction, float parts in bf16",
+               nncf=NncfQuantization(), runtime={"inference_precision": "bf16"}),
+        Recipe(name="ov-nncf-performance", format="openvino", precision="int8",
+               summary="NNCF INT8, PERFORMANCE preset (symmetric), full bias correction, float parts in f32",
+               nncf=NncfQuantization(preset="performance"), runtime={"inference_precision": "f32"}),
+        Recipe(name="ort-restore", format="onnx", precision="int8",
+               summary="the most accurate ORT-quantizer recipe with the layers that hurt the answer most kept in "
+               "float, 1, 2, 4, 8, 16 of them, ranked by the error each adds (bounded)"),
+        Recipe(name="ov-nncf-accuracy", format="openvino", precision="int8",
+               summary="NNCF INT8 with accuracy control: layers reverted to float until the bar is met (bounded)",
+               nncf=NncfQuantization(accuracy_control=True), runtime={"inference_precision": "f32"}),
+        Recipe(name="trt-fp32", format="tensorrt", precision="fp32", summary="TensorRT engine, TF32 off"),
+        Recipe(name="trt-fp16", format="tensorrt", precision="fp16", summary="TensorRT engine, FP16 kernels"),
+        Recipe(name="trt-int8", format="tensorrt", precision="int8",
+               summary="TensorRT explicit INT8 from symmetric QDQ (ONNX Runtime calibration)",
+               ort=OrtQuantization(activations="int8", symmetric_activations=True)),
+    ]
+    return {r.name: r for r in recipes}
+
+
+RECIPES: dict[str, Recipe] = _recipes()
+# Recipes that only restore accuracy after the plain ones missed the bar: built on demand.
+RESTORING = frozenset({"ort-restore", "ov-nncf-accuracy"})
+
+
+def recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}") from None
+
+
+def candidates(fmt: str, precisions: list[str], *, transformer: bool = False, bf16: bool = False,
+               only: list[str] | None = None) -> list[Recipe]:
+    """The recipes to build for ``fmt`` so that every precision in ``precisions`` (``auto`` = all)
+    can be chosen; FP32 (the speed and parity reference) is always among them.
+
+    ``transformer`` switches NNCF to its transformer scheme; ``bf16`` says the CPU runs bf16 (no
+    bf16 recipes otherwise: they would run in f32 and only repeat FP32); ``only`` restricts the
+    low-precision recipes to those names (e.g. for a quick test)."""
+    wanted = set(precisions)
+    chosen = []
+    for r in RECIPES.values():
+        if r.format != fmt or r.name in RESTORING:
+            continue
+        if r.precision != "fp32" and "auto" not in wanted and r.precision not in wanted:
+            continue
+        if only and r.precision != "fp32" and r.name not in only:
+            continue
+        if not bf16 and (r.precision == "bf16" or r.runtime.get("inference_precision") == "bf16"):
+            continue
+        if r.nncf is not None and transformer:
+            r = _for_transformers(r)
+        chosen.append(r)
+    return chosen
+
+
+def _for_transformers(r: Recipe) -> Recipe:
+    from dataclasses import replace
+
+    return replace(r, nncf=replace(r.nncf or NncfQuantization(), transformer=True),
+                   summary=r.summary + "; transformer scheme (model_type=TRANSFORMER, SmoothQuant)")

@@ -1,0 +1,95 @@
+"""The precision search's choice, on measured rows: what ships, what is refused, and why."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_cls.errors import ConfigError, ExportError
+from edge_cls.export.search import AccuracyBar, Measured, faster_than, search_table, select
+from edge_cls.timing import RoundRobinTiming
+
+BAR = AccuracyBar(max_drop=0.3)
+
+
+def row(recipe, precision, ms, top1=0.95, agreement=1.0, reference_top1=0.95, jitter=0.0):
+    rounds = tuple(ms * (1 + jitter * ((-1) ** i)) for i in range(7))
+    return Measured(name=f"onnx-{precision}", recipe=recipe, precision=precision, timing=RoundRobinTiming(rounds),
+                    top1=top1, reference_top1=reference_top1, agreement=agreement)
+
+
+def test_auto_ships_the_faster_candidate_when_both_meet_the_bar():
+    rows = [row("fp32", "fp32", 1.0), row("slowish-int8", "int8", 0.8, top1=0.949), row("fast-int8", "int8", 0.5)]
+    selection = select(rows, requested="auto", bar=BAR)
+    assert selection.chosen.recipe == "fast-int8"
+    assert [r.verdict for r in rows] == ["reference", "eligible", "shipped"]
+
+
+def test_auto_refuses_a_faster_candidate_that_misses_the_bar():
+    rows = [row("fp32", "fp32", 1.0), row("lossy", "int8", 0.4, top1=0.94), row("ok", "fp16", 0.9)]
+    selection = select(rows, requested="auto", bar=BAR)
+    assert selection.chosen.recipe == "ok"
+    assert rows[1].verdict == "misses bar" and "+1.00 pts" in rows[1].why
+
+
+def test_auto_never_ships_low_precision_slower_than_fp32():
+    rows = [row("fp32", "fp32", 1.0), row("s8s8", "int8", 2.9), row("barely", "int8", 0.98)]
+    selection = select(rows, requested="auto", bar=BAR)
+    assert selection.chosen.recipe == "fp32"
+    assert rows[1].verdict == "slower" and rows[2].verdict == "slower"  # 2% faster is within noise: not enough
+    assert "no low-precision candidate" in selection.reason
+
+
+def test_faster_means_faster_in_most_rounds_not_one_lucky_median():
+    fp32 = row("fp32", "fp32", 1.0)
+    noisy = Measured(name="x", recipe="noisy", precision="int8",
+                     timing=RoundRobinTiming((0.5, 0.5, 0.5, 0.5, 1.6, 1.6, 1.6)))
+    steady = Measured(name="x", recipe="steady", precision="int8", timing=RoundRobinTiming((0.9,) * 7))
+    assert not faster_than(noisy, fp32)  # median 0.5 but slower in 3 of 7 rounds
+    assert faster_than(steady, fp32)
+
+
+def test_without_labels_the_bar_is_agreement():
+    rows = [row("fp32", "fp32", 1.0, top1=None, reference_top1=None),
+            row("a", "int8", 0.5, top1=None, reference_top1=None, agreement=0.994),
+            row("b", "int8", 0.6, top1=None, reference_top1=None, agreement=0.996)]
+    assert select(rows, requested="auto", bar=BAR).chosen.recipe == "b"
+    assert "agreement 99.40%" in rows[1].why and "top-1 agreement >= 99.5%" in rows[1].why
+
+
+def test_an_explicit_precision_that_misses_the_bar_fails_with_the_figures():
+    rows = [row("fp32", "fp32", 1.0), row("qdq", "int8", 0.5, top1=0.93), row("qop", "int8", 0.5, top1=0.92)]
+    with pytest.raises(ExportError) as error:
+        select(rows, requested="int8", bar=BAR)
+    message = str(error.value)
+    assert "no int8 recipe meets the accuracy bar (top-1 drop <= 0.3 pts)" in message
+    assert "qdq" in message and "+2.00 pts" in message and "--accept-drop" in message and "\n" not in message
+
+
+def test_accept_drop_ships_the_most_accurate_and_marks_it():
+    rows = [row("fp32", "fp32", 1.0), row("qdq", "int8", 0.5, top1=0.93), row("qop", "int8", 0.6, top1=0.94)]
+    selection = select(rows, requested="int8", bar=BAR, accept_drop=True)
+    assert selection.chosen.recipe == "qop" and selection.accepted_drop
+    table = search_table(selection, bar=BAR, check_name="val", check_images=500, requested="int8")
+    assert table["accepted_drop"] and table["chosen"] == "onnx-int8:qop"
+    assert [c["verdict"] for c in table["candidates"]] == ["reference", "misses bar", "shipped"]
+
+
+def test_an_explicit_precision_slower_than_fp32_ships_with_a_warning(caplog):
+    rows = [row("fp32", "fp32", 1.0), row("s8s8", "int8", 1.5)]
+    selection = select(rows, requested="int8", bar=BAR)
+    assert selection.chosen.recipe == "s8s8" and selection.slower_than_fp32
+    assert "NOT faster than FP32" in caplog.text
+
+
+def test_failed_candidates_are_listed_not_fatal():
+    broken = Measured(name="onnx-int8", recipe="nncf", precision="int8", error="ExportError: boom")
+    rows = [row("fp32", "fp32", 1.0), broken, row("qdq", "int8", 0.5)]
+    assert select(rows, requested="auto", bar=BAR).chosen.recipe == "qdq"
+    assert broken.verdict == "failed" and "boom" in broken.why
+
+
+def test_bar_values_are_checked():
+    with pytest.raises(ConfigError):
+        AccuracyBar(max_drop=-1)
+    with pytest.raises(ConfigError):
+        AccuracyBar(min_agreement=1.5)
