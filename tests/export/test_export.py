@@ -186,3 +186,24 @@ def test_split_folder_keeps_calibration_and_check_images_apart(digits_root):
     assert [int(c) for c in classes] == split.check_targets.tolist()
     unlabelled = split_folder(digits_root / "train", ["a", "b"], calibration_size=10, check_size=5)
     assert unlabelled.check_targets is None  # sub-directories are not the model's labels: agreement only
+
+
+def test_a_graph_onnxslim_would_break_is_kept_as_exported(tmp_path, caplog):
+    """onnxslim mis-folds the dynamic TF "same" padding of timm's tf_* models (TorchScript exporter,
+    odd feature-map sizes): the export must notice and keep the unslimmed graph."""
+    import onnxruntime as ort
+    import torch
+
+    from edge_cls.export.onnx_export import export_onnx
+    from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
+
+    torch.manual_seed(0)
+    model = create_model(ModelRecipe(name="tf_efficientnet_lite0", num_classes=10)).eval()
+    spec = spec_for_model(model, input_size=40)  # 40 -> 20 -> 10 -> 5 -> 3: odd sizes
+    path = export_onnx(model, spec, [str(i) for i in range(10)], tmp_path / "m.onnx", exporter="torchscript")
+    batch = np.random.default_rng(1).standard_normal((3, *spec.input_shape)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch)).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    assert "onnxslim changed what the graph computes" in caplog.text
