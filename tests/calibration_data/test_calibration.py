@@ -41,3 +41,27 @@ def test_empty_or_missing_folder(tmp_path):
         CalibrationSet.from_folder(tmp_path, SPEC)
     with pytest.raises(DataError, match="does not exist"):
         CalibrationSet.from_folder(tmp_path / "missing", SPEC)
+
+
+def test_small_folders_warn_and_can_be_augmented(digits_root, caplog):
+    files = sorted((digits_root / "val" / "3").glob("*.png"))[:5]
+    plain = CalibrationSet(files, SPEC)
+    assert len(plain) == 5 and "calibrating on only 5 images" in caplog.text
+    augmented = CalibrationSet(files, SPEC, augment_to=40, seed=3)
+    assert len(augmented) == 40
+    np.testing.assert_array_equal(augmented.array[:5], plain.array)  # the originals first, then new views
+    views = {image.tobytes() for image in augmented.array[5:]}
+    assert len(views) > 30 and not views & {image.tobytes() for image in plain.array}
+    np.testing.assert_array_equal(augmented.array, CalibrationSet(files, SPEC, augment_to=40, seed=3).array)
+
+
+def test_preprocessed_sets_are_cached_by_spec_and_files(digits_root, tmp_path):
+    files = sorted((digits_root / "val").rglob("*.png"))[:12]
+    first = CalibrationSet(files, SPEC, cache_dir=tmp_path)
+    [cached] = list(tmp_path.glob("calibration-*.npy"))
+    np.testing.assert_array_equal(np.load(cached), first.array)
+    np.save(cached, np.zeros_like(first.array))  # a cache hit reads the file, not the images
+    assert not CalibrationSet(files, SPEC, cache_dir=tmp_path).array.any()
+    other_spec = PreprocessSpec(input_size=(16, 16), interpolation="bicubic")
+    assert CalibrationSet(files, other_spec, cache_dir=tmp_path).array.any()  # another spec, another entry
+    assert len(list(tmp_path.glob("calibration-*.npy"))) == 2
