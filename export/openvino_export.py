@@ -34,14 +34,29 @@ def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
     recipe = job.recipe
     settings = recipe.nncf if recipe is not None else (NncfQuantization() if job.precision == "int8" else None)
     compress = recipe.compress_weights_fp16 if recipe is not None else job.precision == "fp16"
-    written = export_openvino(job.source, job.staging / "model.xml", job.precision, job.spec, job.labels,
-                              calibration=job.calibration, settings=settings, compress_to_fp16=compress,
-                              max_agreement_drop=job.max_agreement_drop)
+    if recipe is not None and recipe.ort is not None:  # ONNX Runtime's Q/DQ model, converted as it is
+        written = _from_ort_qdq(job, recipe)
+    else:
+        written = export_openvino(job.source, job.staging / "model.xml", job.precision, job.spec, job.labels,
+                                  calibration=job.calibration, settings=settings, compress_to_fp16=compress,
+                                  max_agreement_drop=job.max_agreement_drop)
     if recipe is not None:
         options = dict(recipe.runtime)
     else:  # an FP32 artifact must run in FP32: without the hint OpenVINO runs bf16 on CPUs that have it
         options = {"inference_precision": "f32"} if job.precision in ("fp32", "fp16") else {}
     return [p.name for p in written], options
+
+
+def _from_ort_qdq(job: BuildJob, recipe: Any) -> list[Path]:
+    import tempfile
+
+    from .onnxruntime_export import quantize_onnx_int8
+
+    if job.calibration is None:
+        raise ExportError("OpenVINO INT8 needs a calibration set")
+    with tempfile.TemporaryDirectory() as tmp:
+        qdq = quantize_onnx_int8(job.source, Path(tmp) / "qdq.onnx", job.calibration, settings=recipe.ort)
+        return export_openvino(qdq, job.staging / "model.xml", "fp32", job.spec, job.labels)
 
 
 def export_openvino(

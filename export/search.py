@@ -120,12 +120,14 @@ MIN_GAIN = 0.05  # a low-precision artifact must be at least 5% faster than FP32
 
 
 def faster_than(candidate: Measured, reference: Measured) -> bool:
-    """Faster by at least MIN_GAIN at the median, and faster in at least two thirds of the rounds
+    """Faster at the median by at least MIN_GAIN and by more than half the rounds' spread (so a
+    noisy machine ships FP32 rather than a guess), and faster in at least two thirds of the rounds
     (paired by round): noise and drift on a shared machine must not decide."""
     if candidate.timing is None or reference.timing is None:
         return False
     rounds = len(candidate.timing.rounds_ms)
-    return (candidate.p50_ms <= (1.0 - MIN_GAIN) * reference.p50_ms
+    needed = max(MIN_GAIN, 0.5 * max(candidate.timing.spread, reference.timing.spread))
+    return (candidate.p50_ms <= (1.0 - needed) * reference.p50_ms
             and 3 * candidate.timing.rounds_faster_than(reference.timing) >= 2 * rounds)
 
 

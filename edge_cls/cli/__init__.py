@@ -65,8 +65,18 @@ def _command_index(argv: list[str]) -> int:
     return -1
 
 
+class _KnownNoise(logging.Filter):
+    """Library messages that are harmless and would only alarm: ORT's per-channel quantizer logs
+    one "Axis 1 is out-of-range for weight ..." per LayerNorm of a ViT (the weights stay fine)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "root" and "is out-of-range for weight" in record.getMessage())
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_KnownNoise())
     logging.getLogger("edge_cls").setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("nncf", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

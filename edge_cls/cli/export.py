@@ -33,6 +33,22 @@ def add_parser(sub: Any) -> None:
     options.add_all(e, "max_drop", "accept_drop", "recipes")
     e.set_defaults(func=run_export)
 
+    z = sub.add_parser(
+        "zero-shot", help="artifacts from a CLIP model and class names, no training",
+        description="Build a classifier from an open_clip model: the class names go through the text tower "
+        "once (prompt templates averaged) and become a fixed head on the image tower, which is exported like "
+        "any model (precision search included). Adding a class means running this again with the new list.",
+    )
+    options.add(z, "clip_model", note="required")
+    options.add(z, "clip_pretrained", note="without it the weights are random: for testing only")
+    options.add(z, "labels", note="required: the class names, one per line or a JSON list")
+    options.add_all(z, "templates", "calib_data", "check_data", "calibration_size", "calib_augment")
+    options.add(z, "output", note="one sub-directory per artifact")
+    options.add(z, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
+    options.add(z, "precisions", default=["auto"], note="default: auto")
+    options.add_all(z, "max_drop", "accept_drop", "recipes")
+    z.set_defaults(func=run_zero_shot)
+
 
 def read_labels(path: Path) -> list[str]:
     if not path.is_file():
@@ -55,13 +71,21 @@ def read_labels(path: Path) -> list[str]:
     return labels
 
 
-def run_export(args: argparse.Namespace) -> int:
-    from ..export import AccuracyBar, SearchSettings, export_artifacts, resolve_targets
+def run_zero_shot(args: argparse.Namespace) -> int:
+    from ..export import resolve_targets
 
-    if args.model is None and args.checkpoint is None:
-        raise ConfigError("give --model NAME (with --weights or --pretrained) or --checkpoint FILE")
-    if args.model is not None and args.checkpoint is not None:
-        raise ConfigError("give --model or --checkpoint, not both")
+    if not args.clip_model or not args.labels:
+        raise ConfigError("give --clip-model NAME (and --clip-pretrained TAG|FILE) and --labels FILE with the class "
+                          "names")
+    targets = _check_export_args(args, resolve_targets)
+    from ..training.clip import read_templates, zero_shot_classifier
+
+    labels = read_labels(args.labels)
+    model, spec = zero_shot_classifier(args.clip_model, args.clip_pretrained, labels, read_templates(args.templates))
+    return _export_and_report(args, targets, model, spec, labels, f"clip:{Path(args.clip_model).stem}")
+
+
+def _check_export_args(args: argparse.Namespace, resolve_targets: Any) -> list:
     if args.output is None:
         raise ConfigError("give --output DIR: the artifacts go into one sub-directory each")
     targets = resolve_targets(args.formats, args.precisions)  # fail before loading anything
@@ -70,14 +94,20 @@ def run_export(args: argparse.Namespace) -> int:
     if args.calib_data is None and args.check_data is None:
         raise ConfigError("give --calib-data (and/or --check-data): images to calibrate on and to check the exported "
                           "model against PyTorch")
-    model, spec, labels, name = _load_model(args)
+    return targets
+
+
+def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec: Any, labels: list[str],
+                       name: str) -> int:
+    from ..export import AccuracyBar, SearchSettings, export_artifacts
+
     calibrate = any(t.needs_calibration for t in targets)
     calibration, reference = _calibration_and_check(args, model, spec, labels, calibrate=calibrate)
     bar = AccuracyBar() if args.max_drop is None else AccuracyBar(max_drop=args.max_drop)
+    search = SearchSettings(bar=bar, accept_drop=bool(args.accept_drop),
+                            only=tuple(args.recipes) if args.recipes else None)
     exported = export_artifacts(model, spec, labels, args.output, targets, reference=reference,
-                                calibration=calibration, model_name=name,
-                                search=SearchSettings(bar=bar, accept_drop=bool(args.accept_drop),
-                                                      only=tuple(args.recipes) if args.recipes else None))
+                                calibration=calibration, model_name=name, search=search)
     for artifact in exported:
         m = artifact.manifest
         accuracy = f", top-1 {100 * m.accuracy['top1']:.1f}%" if m.accuracy else ""
@@ -85,6 +115,18 @@ def run_export(args: argparse.Namespace) -> int:
               f"{100 * m.parity['top1_agreement']:.1f}% on {m.parity['images']} check images{accuracy}"
               + (" [ACCEPTED DROP]" if m.accepted_drop else ""))
     return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..export import resolve_targets
+
+    if args.model is None and args.checkpoint is None:
+        raise ConfigError("give --model NAME (with --weights or --pretrained) or --checkpoint FILE")
+    if args.model is not None and args.checkpoint is not None:
+        raise ConfigError("give --model or --checkpoint, not both")
+    targets = _check_export_args(args, resolve_targets)
+    model, spec, labels, name = _load_model(args)
+    return _export_and_report(args, targets, model, spec, labels, name)
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:

@@ -293,6 +293,15 @@ VOCABULARY: dict[str, Flag] = {
         "ship an explicitly requested precision even if it misses --max-drop (the manifest and info say so)",
         kwargs=BOOL,
     ),
+    "clip_model": Flag(("--clip-model",), "open_clip model name (e.g. ViT-B-32), or an open_clip config .json",
+                       kwargs={"metavar": "NAME"}),
+    "clip_pretrained": Flag(
+        ("--clip-pretrained",),
+        "open_clip weights: a hub tag (e.g. laion2b_s34b_b79k, needs the internet) or a local weights file",
+        kwargs={"metavar": "TAG|FILE"},
+    ),
+    "templates": Flag(("--templates",), "prompt templates, one per line with {} for the class name "
+                      "(default: 8 of CLIP's ImageNet templates)", kwargs={"type": Path, "metavar": "FILE"}),
     # running artifacts
     "topk": Flag(("-k", "--topk"), "classes per image", aliases=("--top-k",), kwargs={"type": COUNT}),
     "backend": Flag(

@@ -93,3 +93,13 @@ def test_bar_values_are_checked():
         AccuracyBar(max_drop=-1)
     with pytest.raises(ConfigError):
         AccuracyBar(min_agreement=1.5)
+
+
+def test_a_noisy_machine_ships_fp32_rather_than_a_guess():
+    noisy = RoundRobinTiming((1.0, 1.5, 0.6, 1.0, 1.4, 0.7, 1.0))
+    fp32 = Measured(name="x", recipe="fp32", precision="fp32", timing=noisy)
+    small_gain = Measured(name="x", recipe="int8", precision="int8", timing=RoundRobinTiming((0.85,) * 7))
+    big_gain = Measured(name="x", recipe="int8", precision="int8", timing=RoundRobinTiming((0.5,) * 7))
+    assert fp32.timing.spread > 0.3
+    assert not faster_than(small_gain, fp32)  # 15% faster, but the FP32 rounds spread over 30%
+    assert faster_than(big_gain, fp32)
