@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("open_clip", reason="zero-shot needs open_clip: pip install 'edge-cls[clip]'")
-
 from edge_cls.errors import ConfigError
 from edge_cls.training.clip import ZeroShotClassifier, load_clip, spec_for_clip, text_head, zero_shot_classifier
 
