@@ -138,3 +138,26 @@ class Taxonomy:
 
     def index(self, node: str) -> int:
         return self._index[node]
+
+    def at_depth(self, node: str, depth: int) -> str | None:
+        """The ancestor of ``node`` (or the node) at ``depth`` below the root; None if it is shallower."""
+        path = self.path(node)
+        return path[depth] if depth < len(path) else None
+
+    def level_accuracy(self, probabilities: np.ndarray, targets: np.ndarray) -> dict[int, dict[str, float]]:
+        """Top-1 accuracy at every depth of the tree: the most probable node at that depth (by
+        rolled-up probability) against the true class's ancestor at that depth. Images whose class
+        sits above a depth do not count there."""
+        rolled = self.roll_up(probabilities)
+        depth_of = {node: self.depth(node) for node in self.nodes}
+        results: dict[int, dict[str, float]] = {}
+        for depth in range(max(depth_of.values()) + 1):
+            columns = [i for i, node in enumerate(self.nodes) if depth_of[node] == depth]
+            truth = [self.at_depth(self.labels[t], depth) for t in targets]
+            keep = np.array([t is not None for t in truth])
+            if not keep.any():
+                continue
+            predicted = np.asarray(columns)[rolled[:, columns].argmax(1)]
+            hits = [self.nodes[p] == t for p, t, k in zip(predicted, truth, keep) if k]
+            results[depth] = {"accuracy": float(np.mean(hits)), "images": int(keep.sum()), "nodes": len(columns)}
+        return results

@@ -51,3 +51,14 @@ def test_bad_files(tmp_path):
         Taxonomy.from_file(tmp_path / "t.json", LABELS)
     with pytest.raises(ConfigError, match="does not exist"):
         Taxonomy.from_file(tmp_path / "none.yaml", LABELS)
+
+
+def test_accuracy_per_level_forgives_confusions_inside_a_parent():
+    tax = Taxonomy.from_mapping(PARENTS, LABELS)
+    # husky mistaken for beagle: wrong at the class level, right at "dog" and "animal"
+    probs = np.array([[0.1, 0.7, 0.1, 0.05, 0.05], [0.1, 0.1, 0.6, 0.1, 0.1], [0.05, 0.05, 0.1, 0.1, 0.7]])
+    targets = np.array([0, 2, 4])
+    levels = tax.level_accuracy(probs, targets)
+    assert levels[2]["accuracy"] == pytest.approx(0.5) and levels[2]["images"] == 2  # car has no depth-2 node
+    assert levels[1]["accuracy"] == 1.0 and levels[1]["images"] == 2
+    assert levels[0]["accuracy"] == 1.0 and levels[0]["images"] == 3  # roots: animal, car
