@@ -45,13 +45,13 @@ def app_table(rows: Sequence[AppBenchResult], markdown: bool = False) -> str:
 
 
 TOOL_COLUMNS = ("model", "edge-cls p50 ms", "benchmark_app median ms", "benchmark_app FPS",
-                "precision (edge-cls / benchmark_app)")
+                "edge-cls ran as / benchmark_app hint")
 
 
 def _tool_cells(name: str, tool: dict[str, Any]) -> list[str]:
     precisions = f"{tool.get('edge_cls_precision')} / {tool.get('inference_precision', '?')}"
-    return [name, _cell(tool.get("edge_cls_p50_ms")), _cell(tool["median_ms"]), _cell(tool["throughput_fps"], ".0f"),
-            precisions]
+    return [name, _cell(tool.get("edge_cls_p50_ms")), _cell(tool["median_ms"]),
+            _cell(tool["throughput_fps"], ".0f"), precisions]
 
 
 def _table(header: list[str], body: list[list[str]], markdown: bool) -> list[str]:

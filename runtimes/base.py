@@ -197,8 +197,8 @@ class Classifier:
         """Classify an iterable of images, possibly endless, as a pipeline; results come in input order.
 
         ``workers`` threads read and preprocess batches of ``batch_size`` images while the backend
-        runs earlier batches (on :attr:`Backend.concurrency` threads). At most ``prefetch``
-        batches (default ``workers + 2``) are in flight, so memory stays flat on an endless
+        runs earlier batches (on :attr:`Backend.concurrency` threads). At most ``prefetch`` batches
+        (default ``workers + backend.concurrency + 1``) are in flight, so memory stays flat on an endless
         iterator; the input is pulled only as results are consumed. An image that cannot be read
         gets an error in its :class:`ImageResult`; a backend failure raises. Closing the stream
         (``with``, ``close()``, or dropping it) stops and joins its threads.

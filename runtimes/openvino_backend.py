@@ -41,7 +41,9 @@ class OpenVINOBackend(Backend):
         self._output = compiled.output(0)
         self._device = device
         self._precision = runtime_precision(compiled)
-        self._concurrency = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self._concurrency = _optimal_requests(compiled)
+        with self._requests.borrow():  # the first request now, so that the first answer does not wait for it
+            pass
 
     @classmethod
     def open(
@@ -102,6 +104,14 @@ class OpenVINOBackend(Backend):
     def close(self) -> None:
         self._requests.close()
         self._compiled = None
+
+
+def _optimal_requests(compiled: Any) -> int:
+    """How many requests the compiled model runs in parallel: 1 under LATENCY, its streams under THROUGHPUT."""
+    try:
+        return max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    except (RuntimeError, TypeError, ValueError):  # a plugin that does not report it
+        return 1
 
 
 def runtime_precision(compiled: Any) -> str:

@@ -66,6 +66,8 @@ class TensorRTBackend(Backend):
         self._device_index = device
         self._slots: ResourcePool[_Slot] = ResourcePool(self._new_slot, self._free_slot)
         self.max_batch = int(engine.get_tensor_profile_shape(input_name, 0)[2][0])
+        with self._slots.borrow():  # the first context now: a GPU out of memory fails at load, not at run
+            pass
 
     @classmethod
     def open(cls, model_path: Path, manifest: Manifest, *, device: int = 0, **options: Any) -> TensorRTBackend:
@@ -142,6 +144,7 @@ class TensorRTBackend(Backend):
         return output
 
     def close(self) -> None:
+        self._cudart.cudaSetDevice(self._device_index)  # the buffers and streams live on that device
         self._slots.close()
 
 

@@ -22,9 +22,11 @@ def test_spread():
 
 
 def test_cold_start_in_a_fresh_process(artifacts, test_images):
+    ballast = np.ones(300 * 2**20, np.uint8)  # a 300 MB parent: its memory is not the child's peak
     start, first, peak = cold_start(artifacts["onnx-int8"], test_images[0], rounds=2)
+    del ballast
     assert start.median > first.median > 0  # the process also starts Python and imports the runtime
-    assert peak is not None and peak.median > 20  # an interpreter with numpy and a runtime
+    assert peak is not None and 20 < peak.median < 250, peak  # an interpreter with numpy and a runtime
 
 
 def test_end_to_end_uses_the_preprocess_hook(artifacts, test_images):
@@ -47,9 +49,9 @@ def test_end_to_end_uses_the_preprocess_hook(artifacts, test_images):
 
 def test_bench_app_row_and_table(artifacts, digits_root):
     images = image_files(digits_root / "test", limit=16)
-    row = bench_app(artifacts["openvino-int8"], images=images, rounds=1, iterations=20, compute_p50_ms=0.5)
+    row = bench_app(artifacts["openvino-int8"], images=images, rounds=2, iterations=20)
     assert isinstance(row, AppBenchResult) and row.images == 16 and row.peak_rss_mb.median > 0
-    assert row.benchmark_app["median_ms"] > 0 and row.benchmark_app["edge_cls_p50_ms"] == 0.5
+    assert row.benchmark_app["median_ms"].low > 0 and row.benchmark_app["edge_cls_p50_ms"].low > 0
     assert row.power is None  # no tegrastats here
     text = app_table([row])
     assert "start->answer ms" in text and "benchmark_app median ms" in text

@@ -99,7 +99,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                              name=str(artifact), **backend)
         rows.append(row)
         if images or args.cold_start or args.benchmark_app:
-            app_rows.append(_bench_app(args, artifact, images, row.p50_ms, backend))
+            app_rows.append(_bench_app(args, artifact, images, backend))
     if args.json:
         from ..app_benchmark import device_model
 
@@ -122,14 +122,13 @@ def _bench_images(folder: Path | None) -> list[Path] | None:
     return image_files(folder)
 
 
-def _bench_app(args: argparse.Namespace, artifact: Path, images: list[Path] | None, p50_ms: float,
-               backend: dict[str, Any]) -> Any:
+def _bench_app(args: argparse.Namespace, artifact: Path, images: list[Path] | None, backend: dict[str, Any]) -> Any:
     from ..app_benchmark import bench_app
 
     backend = {key: value for key, value in backend.items() if key == "backend"}
     return bench_app(artifact, images=images, cold=args.cold_start, tool=args.benchmark_app, rounds=args.rounds,
                      batch=args.batch_size, workers=args.workers or None, iterations=args.bench_iterations,
-                     compute_p50_ms=p50_ms, name=str(artifact), **backend)
+                     name=str(artifact), **backend)
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
