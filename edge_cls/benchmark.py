@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -109,10 +109,31 @@ def directory_size(path: str | os.PathLike[str]) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != "manifest.json")
 
 
+def streamed_accuracy(
+    run: Callable[[np.ndarray], np.ndarray], batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    reference_logits: np.ndarray | None = None,
+) -> tuple[float, float | None, int, np.ndarray]:
+    """Top-1 (and agreement with ``reference_logits``) over (inputs, targets) batches read one at a
+    time, so a split of any size costs one batch of memory. Returns (top1, agreement, images, first inputs)."""
+    correct = agree = seen = 0
+    first: np.ndarray | None = None
+    for inputs, targets in batches:
+        first = inputs if first is None else first
+        predicted = run(inputs).argmax(1)
+        correct += int((predicted == targets).sum())
+        if reference_logits is not None:
+            agree += int((predicted == reference_logits[seen : seen + len(predicted)].argmax(1)).sum())
+        seen += len(predicted)
+    if first is None:
+        raise ConfigError("no images to measure accuracy on")
+    return correct / seen, (agree / seen if reference_logits is not None else None), seen, first
+
+
 def bench_artifact(
     path: str | os.PathLike[str],
     *,
     data: tuple[np.ndarray, np.ndarray] | None = None,
+    batches: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
     reference_logits: np.ndarray | None = None,
     batch: int = 8,
     warmup: int = 10,
@@ -122,12 +143,20 @@ def bench_artifact(
 ) -> BenchResult:
     """Benchmark one artifact directory.
 
-    ``data`` is a preprocessed (batch, targets) pair for accuracy; without it a random input in
-    the spec's shape is timed and accuracy is left empty.
+    ``data`` is a preprocessed (batch, targets) pair for accuracy; ``batches`` the same as an
+    iterable of pairs, read one at a time (:func:`edge_cls.data.iter_split_batches`). Without
+    either a random input in the spec's shape is timed and accuracy is left empty.
     """
     from .runtimes import load
 
     with load(path, **options) as classifier:
+        identity = dict(name=name or Path(path).name, backend=classifier.backend.name,
+                        precision=classifier.manifest.precision, runtime_precision=classifier.precision,
+                        size_bytes=directory_size(path))
+        if batches is not None:
+            top1, agreement, images, sample = streamed_accuracy(classifier.logits, batches, reference_logits)
+            row = measure(classifier.logits, sample, batch=batch, warmup=warmup, iterations=iterations, **identity)
+            return replace(row, top1=top1, top1_agreement=agreement, images=images)
         if data is not None:
             inputs, targets = data
         else:
@@ -135,7 +164,5 @@ def bench_artifact(
             targets = None
         return measure(
             classifier.logits, inputs, targets=targets, reference_logits=reference_logits, batch=batch,
-            warmup=warmup, iterations=iterations, name=name or Path(path).name, backend=classifier.backend.name,
-            precision=classifier.manifest.precision, runtime_precision=classifier.precision,
-            size_bytes=directory_size(path),
+            warmup=warmup, iterations=iterations, **identity,
         )

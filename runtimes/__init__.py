@@ -20,7 +20,7 @@ from edge_cls.backends import BACKENDS
 from edge_cls.errors import BackendUnavailableError, ConfigError
 from edge_cls.manifest import Manifest, load_manifest
 
-from .base import Backend, Classifier, ImageResult
+from .base import Backend, Classifier, ClassifierClosedError, ImageResult, Pipeline, ResultStream
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -64,4 +64,7 @@ def load(
     return Classifier(cls.open(model_path, manifest, **options), manifest, directory)
 
 
-__all__ = ["BACKENDS", "Backend", "Classifier", "ImageResult", "available_backends", "backend_class", "load"]
+__all__ = [
+    "BACKENDS", "Backend", "Classifier", "ClassifierClosedError", "ImageResult", "Pipeline", "ResultStream",
+    "available_backends", "backend_class", "load",
+]

@@ -3,26 +3,38 @@
 A backend only loads a model file and turns a preprocessed float32 batch into logits. Reading
 images, preprocessing, softmax/sigmoid, temperature, top-k and thresholds live once, in
 :class:`Classifier`, above every backend.
+
+Thread safety: a :class:`Classifier` may be shared by any number of threads on every backend.
+Every backend's :meth:`Backend.run` is safe to call concurrently (ONNX Runtime's session is;
+OpenVINO and TensorRT lend each call its own inference request or execution context), and
+:meth:`Classifier.close` waits for the calls in flight before it releases the backend.
 """
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from edge_cls.errors import ConfigError, EdgeClsError, InvalidImageError
+from edge_cls.errors import ConfigError, EdgeClsError
 from edge_cls.manifest import Manifest
 from edge_cls.predictions import Prediction, top_k
 from edge_cls.preprocess import ImageInput, PreprocessSpec
 
+from .streaming import ImageResult, Pipeline, ResultStream, check_top_k_options, classify_chunk, stream_results
+
 
 class Backend(ABC):
-    """Runs one model file. Subclasses import their library lazily, inside :meth:`open`."""
+    """Runs one model file. Subclasses import their library lazily, inside :meth:`open`.
+
+    :meth:`run` must be safe to call from several threads at once; :meth:`close` is called once,
+    after every call has returned.
+    """
 
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]  # model file suffixes this backend can read
@@ -34,7 +46,7 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Float32 batch in the spec's layout in, (batch, classes) float32 logits out."""
+        """Float32 batch in the spec's layout in, (batch, classes) float32 logits out. Thread-safe."""
 
     @property
     @abstractmethod
@@ -45,30 +57,49 @@ class Backend(ABC):
     def device(self) -> str:
         return "CPU"
 
+    @property
+    def concurrency(self) -> int:
+        """How many :meth:`run` calls the backend runs in parallel to good effect (its streams)."""
+        return 1
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the backend's resources."""
 
 
-@dataclass(frozen=True)
-class ImageResult:
-    """The outcome for one image of :meth:`Classifier.predict_batch`: predictions or an error."""
-
-    source: str
-    predictions: list[Prediction]
-    error: EdgeClsError | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
+class ClassifierClosedError(EdgeClsError, RuntimeError):
+    """A classifier was used after :meth:`Classifier.close`."""
 
 
 class Classifier:
-    """Classifies images with one artifact: preprocessing, backend, top-k."""
+    """Classifies images with one artifact: preprocessing, backend, top-k.
+
+    Safe to share between threads on every backend: ``predict``, ``predict_batch``, ``logits``
+    and ``predict_stream`` may run concurrently. ``close()`` waits for calls in flight, is
+    idempotent, and any later call raises :class:`ClassifierClosedError`.
+
+    ``preprocess`` (default: the artifact's spec) turns one image into one input tensor; replace
+    it with an equivalent, faster implementation to measure or use one.
+    """
 
     def __init__(self, backend: Backend, manifest: Manifest, path: Path) -> None:
-        self.backend = backend
+        self._backend: Backend | None = backend
+        self._backend_name = backend.name
         self.manifest = manifest
         self.path = path
+        self.preprocess: Callable[[ImageInput], np.ndarray] = manifest.spec
+        self._state = threading.Condition()
+        self._in_flight = 0
+
+    @property
+    def backend(self) -> Backend:
+        backend = self._backend
+        if backend is None:
+            raise self._closed_error()
+        return backend
+
+    @property
+    def closed(self) -> bool:
+        return self._backend is None
 
     @property
     def labels(self) -> list[str]:
@@ -95,11 +126,12 @@ class Classifier:
                 f"expected a float32 batch of shape (N, {', '.join(map(str, expected))}), got "
                 f"{batch.dtype} {tuple(batch.shape)}: preprocess images with the artifact's spec"
             )
-        if len(batch) <= chunk:
-            return self.backend.run(np.ascontiguousarray(batch))
-        return np.concatenate(
-            [self.backend.run(np.ascontiguousarray(batch[i : i + chunk])) for i in range(0, len(batch), chunk)]
-        )
+        with self._running() as backend:
+            if len(batch) <= chunk:
+                return backend.run(np.ascontiguousarray(batch))
+            return np.concatenate(
+                [backend.run(np.ascontiguousarray(batch[i : i + chunk])) for i in range(0, len(batch), chunk)]
+            )
 
     def predict(
         self,
@@ -108,57 +140,123 @@ class Classifier:
         *,
         threshold: float | None = None,
         temperature: float = 1.0,
+        batch_size: int = 32,
     ) -> list[Prediction] | list[list[Prediction]]:
         """Top-k predictions for one image, or a list of top-k lists for a list of images.
 
+        A list is read ``batch_size`` images at a time, so memory does not grow with its length.
         A bad image raises :class:`InvalidImageError`; use :meth:`predict_batch` to keep going.
         """
-        single = not isinstance(images, (list, tuple))
-        items = [images] if single else list(images)
-        batch = np.stack([self.spec(image) for image in items]) if items else None
-        if batch is None:
-            return []
-        results = self._top_k(self.logits(batch), k, threshold, temperature)
-        return results[0] if single else results
+        self._check_open()
+        check_top_k_options(k, batch_size)
+        if not isinstance(images, (list, tuple)):
+            return self._top_k(self.logits(self.preprocess(images)[None]), k, threshold, temperature)[0]
+        results: list[list[Prediction]] = []
+        for start in range(0, len(images), batch_size):
+            batch = np.stack([self.preprocess(image) for image in images[start : start + batch_size]])
+            results += self._top_k(self.logits(batch), k, threshold, temperature)
+        return results
 
     def predict_batch(
         self,
-        images: Sequence[ImageInput],
+        images: Iterable[ImageInput],
         k: int = 5,
         *,
         batch_size: int = 8,
+        workers: int = 0,
         threshold: float | None = None,
         temperature: float = 1.0,
     ) -> list[ImageResult]:
-        """Classify many images in batches; an unreadable image gets an error, the rest go on."""
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-        results: list[ImageResult | None] = [None] * len(images)
-        ready: list[tuple[int, np.ndarray]] = []
+        """Classify many images in batches; an image that cannot be read gets an error, the rest go on.
 
-        def flush() -> None:
-            if not ready:
-                return
-            logits = self.logits(np.stack([tensor for _, tensor in ready]))
-            for (index, _), preds in zip(ready, self._top_k(logits, k, threshold, temperature)):
-                results[index] = ImageResult(_describe(images[index]), preds)
-            ready.clear()
+        ``workers`` > 0 decodes on that many threads while the backend runs (see :meth:`predict_stream`).
+        """
+        if workers == 0:
+            self._check_open()
+            check_top_k_options(k, batch_size)
+            items = list(images)
+            results: list[ImageResult] = []
+            for start in range(0, len(items), batch_size):
+                results += classify_chunk(self, items[start : start + batch_size], k, threshold, temperature)
+            return results
+        with self.predict_stream(images, k, batch_size=batch_size, workers=workers, threshold=threshold,
+                                 temperature=temperature) as stream:
+            return list(stream)
 
-        for index, image in enumerate(images):
-            try:
-                ready.append((index, self.spec(image)))
-            except InvalidImageError as e:
-                results[index] = ImageResult(_describe(image), [], e)
-            if len(ready) == batch_size:
-                flush()
-        flush()
-        return [r for r in results if r is not None]
+    def predict_stream(
+        self,
+        images: Iterable[ImageInput],
+        k: int = 5,
+        *,
+        batch_size: int = 8,
+        workers: int | None = None,
+        prefetch: int | None = None,
+        threshold: float | None = None,
+        temperature: float = 1.0,
+    ) -> ResultStream:
+        """Classify an iterable of images, possibly endless, as a pipeline; results come in input order.
+
+        ``workers`` threads read and preprocess batches of ``batch_size`` images while the backend
+        runs earlier batches (on :attr:`Backend.concurrency` threads). At most ``prefetch`` batches
+        (default ``workers + backend.concurrency + 1``) are in flight, so memory stays flat on an endless
+        iterator; the input is pulled only as results are consumed. An image that cannot be read
+        gets an error in its :class:`ImageResult`; a backend failure raises. Closing the stream
+        (``with``, ``close()``, or dropping it) stops and joins its threads.
+        """
+        self._check_open()
+        check_top_k_options(k, batch_size)
+        return ResultStream(stream_results(
+            self, images, k=k, threshold=threshold, temperature=temperature, batch_size=batch_size,
+            workers=workers, prefetch=prefetch,
+        ))
+
+    def pipeline(self, *, workers: int | None = None, max_pending: int | None = None) -> Pipeline:
+        """A push-style pipeline: ``submit(images)`` returns a future of their :class:`ImageResult` list.
+
+        For servers and callbacks; :meth:`predict_stream` is built on it. Close it when done.
+        """
+        self._check_open()
+        return Pipeline(self, workers=workers, max_pending=max_pending)
+
+    def top_k(
+        self, logits: np.ndarray, k: int = 5, *, threshold: float | None = None, temperature: float = 1.0
+    ) -> list[list[Prediction]]:
+        """Top-k predictions of each row of ``logits``, with this artifact's labels and task."""
+        return self._top_k(logits, k, threshold, temperature)
 
     def _top_k(self, logits: np.ndarray, k: int, threshold: float | None, temperature: float) -> list[list[Prediction]]:
         return top_k(logits, self.labels, k, task=self.manifest.task, temperature=temperature, threshold=threshold)
 
+    @contextmanager
+    def _running(self) -> Iterator[Backend]:
+        """Hold the backend open for one call; :meth:`close` waits until no call holds it."""
+        with self._state:
+            if self._backend is None:
+                raise self._closed_error()
+            self._in_flight += 1
+            backend = self._backend
+        try:
+            yield backend
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                self._state.notify_all()
+
+    def _check_open(self) -> None:
+        if self._backend is None:
+            raise self._closed_error()
+
+    def _closed_error(self) -> ClassifierClosedError:
+        return ClassifierClosedError(f"classifier {self.path} is closed: load the artifact again to classify")
+
     def close(self) -> None:
-        self.backend.close()
+        """Wait for calls in flight, then release the backend. Idempotent."""
+        with self._state:
+            backend, self._backend = self._backend, None
+            while self._in_flight:
+                self._state.wait()
+        if backend is not None:
+            backend.close()
 
     def __enter__(self) -> Classifier:
         return self
@@ -168,13 +266,9 @@ class Classifier:
 
     def __repr__(self) -> str:
         m = self.manifest
-        return (f"Classifier({str(self.path)!r}, backend={self.backend.name!r}, precision={m.precision!r}, "
-                f"classes={m.num_classes})")
+        state = ", closed" if self.closed else ""
+        return (f"Classifier({str(self.path)!r}, backend={self._backend_name!r}, precision={m.precision!r}, "
+                f"classes={m.num_classes}{state})")
 
 
-def _describe(image: ImageInput) -> str:
-    if isinstance(image, (str, Path)):
-        return str(image)
-    if isinstance(image, np.ndarray):
-        return f"array{tuple(image.shape)}"
-    return type(image).__name__
+__all__ = ["Backend", "Classifier", "ClassifierClosedError", "ImageResult", "Pipeline", "ResultStream"]

@@ -19,7 +19,11 @@ _PRECISION_NAMES = {"fp32": "f32", "fp16": "f16+f32", "int8": "i8+f32"}
 
 
 class OnnxRuntimeBackend(Backend):
-    """Runs an ONNX model with ONNX Runtime, on the CPU unless other providers are given."""
+    """Runs an ONNX model with ONNX Runtime, on the CPU unless other providers are given.
+
+    Thread-safe: ``InferenceSession.run`` may be called from several threads at once on one
+    session (ONNX Runtime documents it), so every thread shares the one session.
+    """
 
     name = "onnxruntime"
     suffixes = (".onnx",)

@@ -17,23 +17,33 @@ from edge_cls.errors import ArtifactError, ConfigError
 from edge_cls.manifest import Manifest
 
 from .base import Backend
+from .pool import ResourcePool
 
 # Layers whose runtime precision tells what the compute-heavy part of the model runs in.
 _COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"}
 
 
 class OpenVINOBackend(Backend):
-    """Runs a model compiled by OpenVINO."""
+    """Runs a model compiled by OpenVINO.
+
+    Thread-safe: an ``InferRequest`` serves one inference at a time (sharing one between threads
+    fails with "Infer Request is busy" or, worse, returns another call's output), so each call
+    borrows its own from a pool. Under ``performance_hint="THROUGHPUT"`` the compiled model has
+    several streams and :attr:`concurrency` says how many calls it runs at once.
+    """
 
     name = "openvino"
     suffixes = (".xml", ".onnx")
 
     def __init__(self, compiled: Any, device: str) -> None:
         self._compiled = compiled
-        self._request = compiled.create_infer_request()
+        self._requests: ResourcePool[Any] = ResourcePool(compiled.create_infer_request)
         self._output = compiled.output(0)
         self._device = device
         self._precision = runtime_precision(compiled)
+        self._concurrency = _optimal_requests(compiled)
+        with self._requests.borrow():  # the first request now, so that the first answer does not wait for it
+            pass
 
     @classmethod
     def open(
@@ -81,13 +91,27 @@ class OpenVINOBackend(Backend):
     def device(self) -> str:
         return self._device
 
+    @property
+    def concurrency(self) -> int:
+        return self._concurrency
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        result = self._request.infer({0: batch})
-        return np.array(result[self._output], dtype=np.float32, copy=True)
+        with self._requests.borrow() as request:
+            result = request.infer({0: batch})
+            # The output tensor belongs to the request and is overwritten by its next inference.
+            return np.array(result[self._output], dtype=np.float32, copy=True)
 
     def close(self) -> None:
-        self._request = None
+        self._requests.close()
         self._compiled = None
+
+
+def _optimal_requests(compiled: Any) -> int:
+    """How many requests the compiled model runs in parallel: 1 under LATENCY, its streams under THROUGHPUT."""
+    try:
+        return max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+    except (RuntimeError, TypeError, ValueError):  # a plugin that does not report it
+        return 1
 
 
 def runtime_precision(compiled: Any) -> str:

@@ -2,10 +2,16 @@
 
 No torch: device buffers come from the CUDA runtime through cuda-python. Buffers grow to the
 largest batch seen and are reused.
+
+Thread-safe: an execution context, its stream and its buffers serve one inference at a time, so
+each call borrows a set of its own from a pool (the engine, with its weights, is shared). Each
+context holds its own activation memory (``engine.device_memory_size``): N threads calling at
+once cost N times that.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +21,7 @@ from edge_cls.errors import ArtifactError, BackendUnavailableError, ConfigError,
 from edge_cls.manifest import Manifest
 
 from .base import Backend
+from .pool import ResourcePool
 
 _PRECISION_NAMES = {"fp32": "f32", "fp16": "f16", "int8": "i8+f16"}
 
@@ -45,21 +52,22 @@ def _check(result: Any) -> Any:
 
 
 class TensorRTBackend(Backend):
-    """Runs a TensorRT engine built by ``edge_cls.export`` for this GPU and TensorRT version."""
+    """Runs a TensorRT engine built by ``edge_cls.export`` for this GPU and TensorRT version; thread-safe."""
 
     name = "tensorrt"
     suffixes = (".engine", ".plan")
 
-    def __init__(self, engine: Any, input_name: str, output_name: str, precision: str) -> None:
+    def __init__(self, engine: Any, input_name: str, output_name: str, precision: str, device: int = 0) -> None:
         self._cudart = _cudart()
         self._engine = engine
-        self._context = engine.create_execution_context()
         self._input = input_name
         self._output = output_name
         self._precision = precision
-        self._stream = _check(self._cudart.cudaStreamCreate())
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
+        self._device_index = device
+        self._slots: ResourcePool[_Slot] = ResourcePool(self._new_slot, self._free_slot)
         self.max_batch = int(engine.get_tensor_profile_shape(input_name, 0)[2][0])
+        with self._slots.borrow():  # the first context now: a GPU out of memory fails at load, not at run
+            pass
 
     @classmethod
     def open(cls, model_path: Path, manifest: Manifest, *, device: int = 0, **options: Any) -> TensorRTBackend:
@@ -80,7 +88,7 @@ class TensorRTBackend(Backend):
                 "version that built them; rebuild it on this device"
             )
         precision = _PRECISION_NAMES.get(manifest.precision, manifest.precision)
-        return cls(engine, manifest.input_name, manifest.output_name, precision)
+        return cls(engine, manifest.input_name, manifest.output_name, precision, device=device)
 
     @property
     def precision(self) -> str:
@@ -90,37 +98,61 @@ class TensorRTBackend(Backend):
     def device(self) -> str:
         return "CUDA"
 
-    def _buffer(self, name: str, nbytes: int) -> int:
-        pointer, size = self._buffers.get(name, (0, 0))
+    def _new_slot(self) -> _Slot:
+        context = self._engine.create_execution_context()
+        if context is None:
+            raise CudaError("TensorRT could not create an execution context (out of GPU memory?)")
+        return _Slot(context, _check(self._cudart.cudaStreamCreate()))
+
+    def _free_slot(self, slot: _Slot) -> None:
+        for pointer, _ in slot.buffers.values():
+            self._cudart.cudaFree(pointer)
+        slot.buffers.clear()
+        self._cudart.cudaStreamDestroy(slot.stream)
+        slot.context = None
+
+    def _buffer(self, slot: _Slot, name: str, nbytes: int) -> int:
+        pointer, size = slot.buffers.get(name, (0, 0))
         if size < nbytes:
             if pointer:
                 _check(self._cudart.cudaFree(pointer))
             pointer = _check(self._cudart.cudaMalloc(nbytes))
-            self._buffers[name] = (pointer, nbytes)
+            slot.buffers[name] = (pointer, nbytes)
         return pointer
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) > self.max_batch:  # the engine's optimisation profile caps the batch
             return np.concatenate([self.run(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)])
-        cudart = self._cudart
-        if not self._context.set_input_shape(self._input, tuple(batch.shape)):
+        _check(self._cudart.cudaSetDevice(self._device_index))  # the current device is per host thread
+        with self._slots.borrow() as slot:
+            return self._run_on(slot, batch)
+
+    def _run_on(self, slot: _Slot, batch: np.ndarray) -> np.ndarray:
+        cudart, context = self._cudart, slot.context
+        if not context.set_input_shape(self._input, tuple(batch.shape)):
             raise ConfigError(f"the TensorRT engine does not accept input shape {tuple(batch.shape)}")
-        output = np.empty(tuple(self._context.get_tensor_shape(self._output)), dtype=np.float32)
-        d_in, d_out = self._buffer(self._input, batch.nbytes), self._buffer(self._output, output.nbytes)
+        output = np.empty(tuple(context.get_tensor_shape(self._output)), dtype=np.float32)
+        d_in, d_out = self._buffer(slot, self._input, batch.nbytes), self._buffer(slot, self._output, output.nbytes)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _check(cudart.cudaMemcpyAsync(d_in, batch.ctypes.data, batch.nbytes, h2d, self._stream))
-        self._context.set_tensor_address(self._input, d_in)
-        self._context.set_tensor_address(self._output, d_out)
-        if not self._context.execute_async_v3(self._stream):
+        _check(cudart.cudaMemcpyAsync(d_in, batch.ctypes.data, batch.nbytes, h2d, slot.stream))
+        context.set_tensor_address(self._input, d_in)
+        context.set_tensor_address(self._output, d_out)
+        if not context.execute_async_v3(int(slot.stream)):
             raise CudaError("TensorRT execution failed (see the TensorRT log above)")
-        _check(cudart.cudaMemcpyAsync(output.ctypes.data, d_out, output.nbytes, d2h, self._stream))
-        _check(cudart.cudaStreamSynchronize(self._stream))
+        _check(cudart.cudaMemcpyAsync(output.ctypes.data, d_out, output.nbytes, d2h, slot.stream))
+        _check(cudart.cudaStreamSynchronize(slot.stream))
         return output
 
     def close(self) -> None:
-        for pointer, _ in self._buffers.values():
-            self._cudart.cudaFree(pointer)
-        self._buffers.clear()
-        if self._stream is not None:
-            self._cudart.cudaStreamDestroy(self._stream)
-            self._stream = None
+        self._cudart.cudaSetDevice(self._device_index)  # the buffers and streams live on that device
+        self._slots.close()
+
+
+@dataclass
+class _Slot:
+    """What one inference needs to itself: an execution context (shapes, tensor addresses), a CUDA
+    stream and device buffers that grow to the largest batch seen."""
+
+    context: Any
+    stream: Any
+    buffers: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (pointer, bytes)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -44,3 +45,20 @@ def test_tables_and_plot(tmp_path):
     assert markdown_table(rows).count("\n") == 3
     path = plot_accuracy_latency(rows, tmp_path / "plot.png")
     assert Image.open(path).size[0] > 100
+
+
+def test_accuracy_streamed_in_batches_equals_accuracy_on_the_whole_split(artifacts, digits_root):
+    from edge_cls.data import iter_split_batches, labelled_split, preprocess_split
+    from edge_cls.manifest import load_manifest
+
+    path = artifacts["onnx-fp32"]
+    manifest = load_manifest(path)
+    split = labelled_split(digits_root, split="test", classes=manifest.labels)
+    inputs, targets = preprocess_split(split, manifest.spec)
+    reference = np.random.default_rng(0).standard_normal((len(targets), 10)).astype(np.float32)
+    whole = bench_artifact(path, data=(inputs, targets), reference_logits=reference, iterations=5, warmup=1)
+    streamed = bench_artifact(path, batches=iter_split_batches(split, manifest.spec, batch_size=7),
+                              reference_logits=reference, iterations=5, warmup=1)
+    assert (streamed.top1, streamed.top1_agreement, streamed.images) == (whole.top1, whole.top1_agreement, 60)
+    with pytest.raises(ConfigError, match="no images"):
+        bench_artifact(path, batches=iter([]), iterations=5, warmup=1)

@@ -1,4 +1,4 @@
-"""``edge-cls predict``, ``bench`` and ``info``: what a device-side user runs on artifacts.
+"""``edge-cls predict``, ``bench``, ``serve`` and ``info``: what a device-side user runs on artifacts.
 
 Only the core and one runtime are imported: these commands work with ``edge-cls[onnxruntime]``
 or ``edge-cls[openvino]`` alone, without torch.
@@ -32,8 +32,24 @@ def add_parsers(sub: Any) -> None:
     options.add(bench, "split", default="test", note="default: test")
     options.add(bench, "bench_iterations", default=100, note="default: 100")
     options.add(bench, "batch_size", default=8, note="throughput batch; default: 8")
+    options.add(bench, "images", note="e.g. 500 JPEGs from the camera")
+    options.add(bench, "cold_start", default=True, note="default: yes")
+    options.add(bench, "benchmark_app", default=True, note="default: yes, where OpenVINO is installed")
+    options.add(bench, "workers", note="of the pipelined path; default: one per CPU, up to 4")
+    options.add(bench, "rounds", default=3, note="default: 3")
     options.add_all(bench, "backend", "json")
     bench.set_defaults(func=_cmd_bench)
+
+    serve = sub.add_parser("serve", help="classify images for other processes over HTTP")
+    serve.add_argument("artifact", type=Path, help="an artifact directory (holds manifest.json)")
+    options.add(serve, "host", default="127.0.0.1", note="default: 127.0.0.1; 0.0.0.0 for every interface")
+    options.add(serve, "port", default=8000, note="default: 8000")
+    options.add(serve, "topk", default=5, note="default: 5; a request may ask ?k=N")
+    options.add(serve, "workers", note="default: one per CPU, up to 4")
+    options.add(serve, "max_queue", default=16, note="default: 16")
+    options.add(serve, "max_upload_mb", default=10.0, note="default: 10")
+    options.add(serve, "backend")
+    serve.set_defaults(func=_cmd_serve)
 
     info = sub.add_parser("info", help="what an artifact is and how it was checked")
     info.add_argument("artifact", type=Path, help="an artifact directory (holds manifest.json)")
@@ -66,24 +82,74 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from ..benchmark import bench_artifact
     from ..report import machine_description, text_table
 
-    rows = []
+    images = _bench_images(args.images)
+    rows, app_rows = [], []
     for artifact in args.artifacts:
-        data = None
         backend = {"backend": args.backend} if args.backend else {}
+        batches = None
         if args.data_dir:
-            from ..data import labelled_split, preprocess_split
+            from ..data import iter_split_batches, labelled_split
             from ..manifest import load_manifest
 
             manifest = load_manifest(artifact)
             split = labelled_split(args.data_dir, split=args.split, classes=manifest.labels)
-            data = preprocess_split(split, manifest.spec)
+            batches = iter_split_batches(split, manifest.spec)  # one batch in memory at a time
             backend["verify"] = False  # load_manifest above already checked the hashes
-        rows.append(bench_artifact(artifact, data=data, batch=args.batch_size, iterations=args.bench_iterations,
-                                   name=str(artifact), **backend))
+        row = bench_artifact(artifact, batches=batches, batch=args.batch_size, iterations=args.bench_iterations,
+                             name=str(artifact), **backend)
+        rows.append(row)
+        if images or args.cold_start or args.benchmark_app:
+            app_rows.append(_bench_app(args, artifact, images, backend))
     if args.json:
-        print(json.dumps({"machine": machine_description(), "rows": [r.to_dict() for r in rows]}, indent=2))
+        from ..app_benchmark import device_model
+
+        print(json.dumps({"machine": machine_description(), "device": device_model(),
+                          "rows": [r.to_dict() for r in rows], "app": [r.to_dict() for r in app_rows]}, indent=2))
     else:
+        from ..app_report import app_table
+
         print(text_table(rows))
+        if app_rows:
+            print("\nWhat an app feels (median, min-max over rounds):\n" + app_table(app_rows))
+    return 0
+
+
+def _bench_images(folder: Path | None) -> list[Path] | None:
+    if folder is None:
+        return None
+    from ..app_benchmark import image_files
+
+    return image_files(folder)
+
+
+def _bench_app(args: argparse.Namespace, artifact: Path, images: list[Path] | None, backend: dict[str, Any]) -> Any:
+    from ..app_benchmark import bench_app
+
+    backend = {key: value for key, value in backend.items() if key == "backend"}
+    return bench_app(artifact, images=images, cold=args.cold_start, tool=args.benchmark_app, rounds=args.rounds,
+                     batch=args.batch_size, workers=args.workers or None, iterations=args.bench_iterations,
+                     name=str(artifact), **backend)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from ..runtimes import load
+    from ..serve import ServeOptions, Server
+
+    serve_options = ServeOptions(host=args.host, port=args.port, k=args.topk, max_queue=args.max_queue,
+                                 max_bytes=int(args.max_upload_mb * 2**20), workers=args.workers or None)
+    classifier = load(args.artifact, **({"backend": args.backend} if args.backend else {}))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    with Server(classifier, serve_options) as server:
+        print(f"edge-cls: serving {args.artifact} ({classifier.backend.name}, {classifier.precision}) on {server.url}"
+              " - POST /predict, GET /health, GET /info", flush=True)
+        while not stop.wait(0.5):
+            pass
+        print("edge-cls: stopping: finishing the requests in flight", file=sys.stderr, flush=True)
     return 0
 
 

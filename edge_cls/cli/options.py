@@ -176,7 +176,11 @@ VOCABULARY: dict[str, Flag] = {
         "progressive resizing, e.g. 128 160 224 (the last is --img-size)",
         kwargs={"type": SIZE, "nargs": "+", "metavar": "N"},
     ),
-    "workers": Flag(("-j", "--workers"), "data-loading processes", kwargs={"type": NON_NEGATIVE}),
+    "workers": Flag(
+        ("-j", "--workers"),
+        "data-loading workers (processes when training, decoding threads when classifying)",
+        kwargs={"type": NON_NEGATIVE},
+    ),
     # the teacher (build, distill)
     "kd_model_name": Flag(
         ("--kd-model-name",),
@@ -310,6 +314,29 @@ VOCABULARY: dict[str, Flag] = {
         kwargs={"metavar": "NAME"},
     ),
     "json": Flag(("--json",), "machine-readable output", kwargs={"action": "store_true"}),
+    "images": Flag(
+        ("--images",),
+        "folder of image files: also time file -> top-5 answers, a plain loop against the pipelined path",
+        kwargs={"type": Path, "metavar": "DIR"},
+    ),
+    "cold_start": Flag(
+        ("--cold-start",), "also time a fresh process from start to first answer, and its peak memory", kwargs=BOOL
+    ),
+    "benchmark_app": Flag(
+        ("--benchmark-app",), "also run OpenVINO's benchmark_app on OpenVINO artifacts, side by side", kwargs=BOOL
+    ),
+    "rounds": Flag(
+        ("--rounds",), "repeats of each compared measurement, interleaved round-robin", kwargs={"type": COUNT}
+    ),
+    # serving
+    "host": Flag(("--host",), "address to listen on", kwargs={"metavar": "ADDRESS"}),
+    "port": Flag(("--port",), "TCP port to listen on (0: any free port)", kwargs={"type": NON_NEGATIVE}),
+    "max_queue": Flag(
+        ("--max-queue",), "requests admitted at once; more are refused with 503", kwargs={"type": COUNT}
+    ),
+    "max_upload_mb": Flag(
+        ("--max-upload-mb",), "largest upload in MB; larger are refused with 413", kwargs={"type": _positive_float}
+    ),
     "bench_iterations": Flag(
         ("--bench-iterations",),
         "timed batch-1 runs per model (default: 100)",

@@ -1,0 +1,167 @@
+"""What an app feels, per runtime: cold start, peak memory, file -> top-5, a plain loop against the
+pipelined path on real JPEG files, and OpenVINO's benchmark_app on the same IR, side by side.
+
+Two models with random timm weights (speed only, accuracy is not the point): the demo-size
+student (mobilenetv3_small_100 at 64 px) and a 224-px model (mobilenetv3_large_100), each exported
+to ONNX Runtime FP32/INT8 and OpenVINO FP32/INT8 with edge_cls.export. The images are 500
+photo-like 640x480 JPEG files written once. Compared paths run in interleaved rounds; tables
+give the median and the min-max over rounds.
+
+    python benchmarks/runtime.py [--models mobilenetv3_small_100:64 mobilenetv3_large_100:224]
+        [--images 500] [--rounds 3] [--preprocess module:factory]
+
+``--preprocess module:factory`` measures another image -> tensor path: ``factory(spec)`` returns
+the callable (e.g. the fast decoding path once it lands); compute-only figures are unchanged.
+Writes benchmarks/results/runtime.{md,json}; artifacts and images are kept in build/runtime_bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from edge_cls.app_benchmark import bench_app, device_model, image_files
+from edge_cls.app_report import app_table
+from edge_cls.benchmark import bench_artifact
+from edge_cls.report import machine_description, markdown_table
+
+RESULTS = Path(__file__).parent / "results"
+WORK = Path("build/runtime_bench")
+DEFAULT_MODELS = ["mobilenetv3_small_100:64", "mobilenetv3_large_100:224"]
+ARTIFACTS = ["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
+
+
+def photo_like(rng: np.random.Generator, width: int = 640, height: int = 480) -> np.ndarray:
+    """Smooth colour fields, hard-edged discs and sensor noise: compresses and decodes like a photo."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([127 + 80 * np.sin(2 * np.pi * (rng.uniform(0.5, 4) * x / width + rng.uniform(0.5, 4) * y / height))
+                      for _ in range(3)], axis=-1)
+    for _ in range(6):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(10, 120)
+        image[(x - cx) ** 2 + (y - cy) ** 2 < r**2] = rng.uniform(0, 255, 3)
+    return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+
+def write_images(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = sorted(folder.glob("*.jpg"))
+    if len(existing) >= count:
+        return existing[:count]
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(photo_like(rng)).save(folder / f"{i:04d}.jpg", quality=90)
+    return image_files(folder, limit=count)
+
+
+def build_artifacts(name: str, size: int, images: list[Path]) -> dict[str, Path]:
+    """Export the model once; later runs reuse build/runtime_bench/<name>-<size>."""
+    out = WORK / f"{name}-{size}"
+    if all((out / a / "manifest.json").is_file() for a in ARTIFACTS):
+        return {a: out / a for a in ARTIFACTS}
+    from edge_cls.calibration_data import CalibrationSet
+    from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
+    from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
+
+    model = create_model(ModelRecipe(name=name, num_classes=1000)).eval()
+    spec = spec_for_model(model, input_size=size)
+    batch = np.stack([spec(p) for p in images[:64]])
+    exported = export_artifacts(
+        model, spec, [f"class {i}" for i in range(1000)], out, resolve_targets(["onnx", "openvino"], ["fp32", "int8"]),
+        reference=ReferenceSet.from_model(model, batch),
+        calibration=CalibrationSet.from_folder(images[0].parent, spec, size=64), model_name=name,
+    )
+    return {a.target.name: a.path for a in exported}
+
+
+def preprocess_factory(text: str | None):
+    if not text:
+        return None
+    module, function = text.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, help="timm_name:size")
+    parser.add_argument("--images", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--preprocess", help="module:factory, factory(spec) -> image -> tensor")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    images = write_images(WORK / "images", args.images)
+    factory = preprocess_factory(args.preprocess)
+    compute_rows, app_rows, started, loads = [], [], time.time(), [os.getloadavg()[0]]
+    for entry in args.models:
+        name, size = entry.split(":")
+        paths = build_artifacts(name, int(size), images)
+        for artifact in ARTIFACTS:
+            label = f"{name} {size}px {artifact}"
+            print(f"benchmarking {label} ...", file=sys.stderr, flush=True)
+            row = bench_artifact(paths[artifact], iterations=args.iterations, name=label)
+            compute_rows.append(row)
+            preprocess = factory(row_spec(paths[artifact])) if factory else None
+            app_rows.append(bench_app(paths[artifact], images=images, rounds=args.rounds, iterations=args.iterations,
+                                      preprocess=preprocess, name=label))
+            loads.append(os.getloadavg()[0])
+    write_results(args, compute_rows, app_rows, time.time() - started, loads)
+
+
+def row_spec(path: Path):
+    from edge_cls.manifest import load_manifest
+
+    return load_manifest(path, verify=False).spec
+
+
+def write_results(args: argparse.Namespace, compute_rows: list, app_rows: list, seconds: float,
+                  loads: list[float]) -> None:
+    from edge_cls.export import tool_versions
+
+    command = "python benchmarks/runtime.py " + " ".join(sys.argv[1:])
+    lines = [
+        "# Runtimes as an app feels them",
+        "",
+        f"Machine: {machine_description()}{f', {device_model()}' if device_model() else ''}. "
+        f"Tools: {', '.join(f'{k} {v}' for k, v in tool_versions().items())}.",
+        f"Command: `{command.strip()}` ({seconds / 60:.0f} min). Random timm weights (speed only); "
+        f"{len(app_rows[0:1]) and app_rows[0].images} photo-like 640x480 JPEG files; "
+        f"preprocessing: {args.preprocess or 'the current PIL path (edge_cls.preprocess)'}.",
+        f"The machine is shared and noisy (1-minute load average {min(loads):.1f}-{max(loads):.1f} on "
+        f"{os.cpu_count()} CPUs during the run): compare ratios within a row, not milliseconds across runs.",
+        "",
+        "## Compute only (ready tensors, batch 1 latency, batch 8 throughput)",
+        "",
+        markdown_table(compute_rows),
+        "",
+        "## What an app feels",
+        "",
+        "*start->answer*: a fresh `python` process imports edge_cls.runtimes, loads the artifact (hashes "
+        "verified) and answers for one JPEG; *load->answer*: load() to first answer inside that process; "
+        "*warm*: the same with the runtime already imported; *peak RSS*: that process's peak after 21 answers. "
+        "*file->top5 p50*: one JPEG path to top-5, one at a time. Over all the JPEG files: *loop* is "
+        "`predict(path)` per file, *batched* `predict_batch` (batches of 8, no overlap), *pipelined* "
+        "`predict_stream` (batches of 8, decoding threads overlapping inference); *compute* the backend "
+        "alone on ready batches of 8. Medians, (min-max) over interleaved rounds.",
+        "",
+        app_table(app_rows, markdown=True),
+        "",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "runtime.md").write_text("\n".join(lines))
+    (RESULTS / "runtime.json").write_text(json.dumps(
+        {"machine": machine_description(), "device": device_model(), "command": command, "load_average": loads,
+         "compute": [r.to_dict() for r in compute_rows], "app": [r.to_dict() for r in app_rows]}, indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
