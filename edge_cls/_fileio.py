@@ -19,6 +19,38 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import EdgeClsError
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(EdgeClsError, OSError):
+    """The disk (or quota) filled up during a write; what was there before is unchanged."""
+
+
+@contextmanager
+def _disk_full_is_an_error(path: Path) -> Iterator[None]:
+    """ENOSPC/EDQUOT, or any failure of a writer while the disk is full (torch.save's zip writer
+    raises RuntimeError), becomes a :class:`DiskFullError`."""
+    try:
+        yield
+    except Exception as e:
+        full = isinstance(e, OSError) and e.errno in _FULL
+        if isinstance(e, DiskFullError) or not (full or _no_space_left(path.parent)):
+            raise
+        raise DiskFullError(
+            errno.ENOSPC, f"no space left on the device while writing {path} ({e}); what was there before is "
+            "unchanged: free some space and run again"
+        ) from e
+
+
+def _no_space_left(directory: Path) -> bool:
+    try:
+        stats = os.statvfs(directory)
+    except OSError:
+        return False
+    return stats.f_bavail == 0 or stats.f_bfree == 0
+
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's contents."""
@@ -77,8 +109,8 @@ def _publishable(path: Path, directory: bool) -> None:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success flush it to disk and rename it over ``path``.
 
-    On error (a full disk included) the temporary file is removed and ``path`` keeps its
-    previous contents.
+    On error the temporary file is removed and ``path`` keeps its previous contents; a full disk
+    is a :class:`DiskFullError` that says so.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,11 +118,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        fsync_file(tmp_path)
-        _publishable(tmp_path, directory=False)
-        os.replace(tmp_path, path)
-        fsync_directory(path.parent)
+        with _disk_full_is_an_error(path):
+            yield tmp_path
+            fsync_file(tmp_path)
+            _publishable(tmp_path, directory=False)
+            os.replace(tmp_path, path)
+            fsync_directory(path.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -144,16 +177,17 @@ def atomic_directory(path: str | os.PathLike[str], *, marker: str | None = None)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".staging", dir=path.parent))
     try:
-        yield staging
-        fsync_tree(staging)
-        _publishable(staging, directory=True)
-        if marker is not None:
-            check_replaceable(path, marker)  # again: something may have appeared while we worked
-        if os.path.lexists(path):
-            _swap(staging, path)
-        else:
-            os.replace(staging, path)
-        fsync_directory(path.parent)
+        with _disk_full_is_an_error(path):
+            yield staging
+            fsync_tree(staging)
+            _publishable(staging, directory=True)
+            if marker is not None:
+                check_replaceable(path, marker)  # again: something may have appeared while we worked
+            if os.path.lexists(path):
+                _swap(staging, path)
+            else:
+                os.replace(staging, path)
+            fsync_directory(path.parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

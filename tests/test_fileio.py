@@ -5,7 +5,14 @@ import subprocess
 
 import pytest
 
-from edge_cls._fileio import NotOursError, atomic_directory, atomic_path, write_bytes_atomic, write_text_atomic
+from edge_cls._fileio import (
+    DiskFullError,
+    NotOursError,
+    atomic_directory,
+    atomic_path,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
 
 def mode(path):
@@ -112,7 +119,7 @@ def test_a_full_disk_while_flushing_keeps_the_old_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", no_space)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFullError, match=r"no space left on the device while writing .*last\.pt.* unchanged"):
         write_bytes_atomic(target, b"new state that did not fit")
     assert target.read_bytes() == b"good state" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
@@ -133,13 +140,13 @@ def small_disk(tmp_path):
 def test_a_full_disk_leaves_the_old_file_and_directory_usable(small_disk):
     target = small_disk / "manifest.json"
     write_text_atomic(target, "old")
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(DiskFullError) as caught:
         write_bytes_atomic(target, b"x" * 400_000)
     assert caught.value.errno == errno.ENOSPC and target.read_text() == "old"
     artifact = small_disk / "artifact"
     with atomic_directory(artifact) as staging:
         (staging / "model.bin").write_bytes(b"v1")
-    with pytest.raises(OSError) as caught, atomic_directory(artifact) as staging:
+    with pytest.raises(DiskFullError) as caught, atomic_directory(artifact) as staging:
         (staging / "model.bin").write_bytes(b"v2" * 200_000)
     assert caught.value.errno == errno.ENOSPC and (artifact / "model.bin").read_bytes() == b"v1"
     assert sorted(p.name for p in small_disk.iterdir()) == ["artifact", "manifest.json"]  # no leftovers

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import edge_cls.training.state as state_module
+from edge_cls._fileio import DiskFullError
 from edge_cls.config import TrainConfig
 from edge_cls.data import load_splits, preprocess_split
 from edge_cls.errors import CheckpointError
@@ -100,7 +101,7 @@ def test_a_full_disk_while_saving_the_state_keeps_the_last_good_one(digits_root,
         return real_save(obj, path, *args, **kwargs)
 
     monkeypatch.setattr(state_module.torch, "save", save_until_the_disk_is_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskFullError, match=r"last\.pt .*unchanged"):
         fit(task, splits["train"], spec, CONFIG, run_dir=run)
     assert read_state(run / STATE_FILE)["epoch"] == 1
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp file left
