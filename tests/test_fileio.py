@@ -134,7 +134,7 @@ def small_disk(tmp_path):
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()}); ENOSPC is injected elsewhere")
     yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # lazy: even if a file is still open
 
 
 def test_a_full_disk_leaves_the_old_file_and_directory_usable(small_disk):

@@ -45,7 +45,7 @@ def small_disk(tmp_path):
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()})")
     yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # lazy: even if a file is still open
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_clear_error(tiny_checkpoint, small_disk):
