@@ -2,8 +2,11 @@
 
 It holds the preprocessing spec, the labels, the backend and precision, the input shape, every
 file with its sha256, the parity and accuracy figures, and the versions of the tools that made
-the artifact. It is validated on load: a missing field, a wrong type, an unknown schema version
-or a file whose hash does not match is an :class:`ArtifactError` that says what to do.
+the artifact. It is validated on load: a missing field, a value of the wrong type or range
+(:mod:`edge_cls.manifest_schema`), an unknown schema version, or a directory that does not match
+it (:mod:`edge_cls.integrity`: unlisted files, links, sizes, hashes, the optional signature) is
+an :class:`ArtifactError` that names the file and the field and says what to do.
+:func:`read_artifact` returns the checked bytes for a backend to load.
 """
 
 from __future__ import annotations

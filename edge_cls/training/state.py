@@ -2,10 +2,11 @@
 
 After every epoch rank 0 writes model, EMA, optimizer, AMP scaler, sampler and RNG state, the
 epoch's history and the config, atomically and durably (temp file, fsync, rename). The state it
-replaces is kept as ``last.pt.prev`` (a hard link made before the rename, so one of the two
-always holds a complete state). Reading checks the file before any work, so a truncated or
-foreign file fails fast and is left as it is; :func:`read_resumable_state` then falls back to
-the previous epoch's state with a warning.
+replaces is renamed to ``last.pt.prev`` once the new one is on disk: two files, never one inode
+under two names, so damage to one leaves the other. Reading checks the file before any work, so
+a truncated or foreign file fails fast and is left as it is; :func:`read_resumable_state` then
+falls back to the previous epoch's state with a warning (also when a kill between the two
+renames left no ``last.pt``).
 The scheduler is not stored: its value is a function of the update count, which the loop sets.
 """
 
@@ -14,8 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import shutil
-import tempfile
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 from timm.task import TrainingTask
 from timm.utils import unwrap_model
 
-from .._fileio import atomic_path
+from .._fileio import atomic_path, fsync_file
 from ..config import TrainConfig
 from ..errors import CheckpointError
 
@@ -89,26 +88,15 @@ def save_state(path: Path, task: TrainingTask, optimizer: Any, scaler: Any, samp
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        _keep_previous(path)  # only once the new state is written in full
+        fsync_file(tmp)  # the new state is on disk before the old one moves
+        _keep_previous(path)
 
 
 def _keep_previous(path: Path) -> None:
-    """Make the current state file also ``last.pt.prev``, atomically. A file that is not a complete
-    zip archive (torch.save's format; truncated on disk, say) is not promoted over a good one."""
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return
-    previous = previous_state_path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{previous.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)
-    try:
-        try:
-            os.link(path, tmp)  # no copy: the new state will replace the name `path`, not this inode
-        except OSError:  # a file system without hard links
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, previous)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """Rename the current state file to ``last.pt.prev``. A file that is not a complete zip archive
+    (torch.save's format; truncated on disk, say) is not promoted over a good previous one."""
+    if path.is_file() and zipfile.is_zipfile(path):
+        os.replace(path, previous_state_path(path))
 
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -105,3 +105,21 @@ def test_a_full_disk_while_saving_the_state_keeps_the_last_good_one(digits_root,
         fit(task, splits["train"], spec, CONFIG, run_dir=run)
     assert read_state(run / STATE_FILE)["epoch"] == 1
     assert sorted(p.name for p in run.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+def test_a_kill_between_the_two_renames_resumes_from_the_previous_state(digits_root, tmp_path, caplog):
+    """The old state is renamed to last.pt.prev before the new one takes its name: a kill in between
+    leaves no last.pt, and the run goes on from last.pt.prev."""
+    splits = load_splits(digits_root)
+    task, spec = make_task(splits)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(task, splits["train"], spec, CONFIG, run_dir=run, on_epoch_end=stop_after(2))
+    last = run / STATE_FILE
+    assert last.stat().st_ino != previous_state_path(last).stat().st_ino  # two files, not two names for one
+    last.unlink()
+    task, spec = make_task(splits, seed=3)
+    with caplog.at_level(logging.WARNING, logger="edge_cls"):
+        resumed = fit(task, splits["train"], spec, CONFIG, run_dir=run, resume=True)
+    assert resumed.resumed_from == 1 and len(resumed.history) == 3
+    assert any("does not exist" in r.getMessage() and "last.pt.prev" in r.getMessage() for r in caplog.records)
