@@ -272,12 +272,23 @@ def iter_split_batches(
 
 
 def preprocess_split_to_file(
-    split: Split, spec: PreprocessSpec, path: str | os.PathLike[str]
+    split: Split, spec: PreprocessSpec, path: str | os.PathLike[str], *, shard: tuple[int, int] = (0, 1)
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`preprocess_split` into a ``.npy`` file, one image at a time, returned memory-mapped:
-    the split is read from disk as it is used, so memory does not grow with its size."""
-    images = (spec(image)[None] for image in split.paths)
-    return save_rows(path, len(split), images), split.target_array()
+    the split is read from disk as it is used, so memory does not grow with its size.
+
+    ``shard=(rank, world_size)`` fills only rows ``rank::world_size`` (the rows one process of a
+    distributed run scores); the others stay zero and take no disk space on file systems with
+    sparse files. The file is written atomically."""
+    rank, world_size = shard
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split), *spec.input_shape))
+        for row in range(rank, len(split), world_size):
+            array[row] = spec(split.paths[row])
+        array.flush()
+        del array  # complete and closed before it is renamed into place
+    # Copy-on-write: torch.from_numpy wants a writable array, and nothing may write the file back.
+    return np.load(path, mmap_mode="c"), split.target_array()
 
 
 def save_rows(path: str | os.PathLike[str], rows: int, chunks: Iterable[np.ndarray]) -> np.ndarray:

@@ -160,6 +160,9 @@ def test_a_split_preprocessed_to_a_file_is_memory_mapped_and_equal(digits_root, 
     np.testing.assert_array_equal(batch, expected)
     np.testing.assert_array_equal(targets, expected_targets)
     assert [p.name for p in tmp_path.iterdir()] == ["val.npy"]
+    shard, _ = preprocess_split_to_file(split, spec, tmp_path / "val.rank1.npy", shard=(1, 3))
+    np.testing.assert_array_equal(shard[1::3], expected[1::3])
+    assert not shard[0::3].any() and not shard[2::3].any()  # the other ranks' rows: left empty
 
 
 def test_preprocessing_to_a_file_holds_one_batch_not_the_split(digits_root, tmp_path):

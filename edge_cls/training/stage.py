@@ -10,7 +10,8 @@ so a stage's checkpoint, run directory, resume rule and evaluation are the same 
 
 Memory does not grow with the data set: the validation split and the teacher-logit cache are
 memory-mapped ``.npy`` files in the run directory (one per rank under torchrun, since a run
-directory need not be shared between machines), and the test split is scored batch by batch.
+directory need not be shared between machines; a rank's validation file holds only the rows it
+scores), and the test split is scored batch by batch.
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def train_stage(
         if distill.cache_teacher:
             cached = cache_teacher_logits(teacher, split, paths.run_dir / "teacher_logits.npy", ctx, reuse=resume)
     val_file = paths.run_dir / _per_rank("val.npy", ctx)
-    val = preprocess_split_to_file(splits["val"], spec, val_file)
+    val = preprocess_split_to_file(splits["val"], spec, val_file, shard=(ctx.rank, ctx.world_size))
     result = fit(task, split, spec, train, desc=name, val=val, run_dir=paths.run_dir,
                  resume=resume and interrupted, context=ctx, teacher_logits=cached)
     del val
