@@ -38,10 +38,10 @@ def _disk_full_is_an_error(path: Path) -> Iterator[None]:
         full = isinstance(e, OSError) and e.errno in _FULL
         if isinstance(e, DiskFullError) or not (full or _no_space_left(path.parent)):
             raise
-        raise DiskFullError(
-            errno.ENOSPC, f"no space left on the device while writing {path} ({e}); what was there before is "
-            "unchanged: free some space and run again"
-        ) from e
+        error = DiskFullError(f"no space left on the device while writing {path} ({e}); what was there before "
+                              "is unchanged: free some space and run again")
+        error.errno = errno.ENOSPC
+        raise error from e
 
 
 def _no_space_left(directory: Path) -> bool:
