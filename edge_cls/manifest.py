@@ -2,27 +2,54 @@
 
 It holds the preprocessing spec, the labels, the backend and precision, the input shape, every
 file with its sha256, the parity and accuracy figures, and the versions of the tools that made
-the artifact. It is validated on load: a missing field, a wrong type, an unknown schema version
-or a file whose hash does not match is an :class:`ArtifactError` that says what to do.
+the artifact. It is validated on load: a missing field, a value of the wrong type or range
+(:mod:`edge_cls.manifest_schema`), an unknown schema version, or a directory that does not match
+it (:mod:`edge_cls.integrity`: unlisted files, links, sizes, hashes, the optional signature) is
+an :class:`ArtifactError` that names the file and the field and says what to do.
+:func:`read_artifact` returns the checked bytes for a backend to load.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._fileio import sha256_file, write_json_atomic
+from ._fileio import sha256_file, write_bytes_atomic, write_text_atomic
 from .backends import BACKEND_NAMES
 from .errors import ArtifactError, ConfigError
+from .integrity import (
+    MANIFEST_NAME,
+    SIGNATURE_NAME,
+    ArtifactFiles,
+    check_signature,
+    manifest_key,
+    read_bounded,
+    read_files,
+    signature,
+    verify_files,
+)
+from .manifest_schema import (
+    MAX_FILES,
+    MAX_INPUT_SIDE,
+    MAX_MANIFEST_BYTES,
+    SCALARS,
+    Fields,
+    check_range,
+    kind_of,
+    label,
+    parse_json,
+    relative_path,
+    scalar_map,
+    sha256_hex,
+)
 from .predictions import TASKS
 from .preprocess import PreprocessSpec
 
-MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 FORMAT_NAME = "edge-cls-artifact"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -98,78 +125,70 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "manifest") -> Manifest:
-        """Validate and parse a manifest dict; every problem is an :class:`ArtifactError`."""
-        if not isinstance(data, dict):
-            raise ArtifactError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        """Validate and parse a manifest dict; every problem is an :class:`ArtifactError` naming the field."""
+        top = Fields(data, source)
         if data.get("format") != FORMAT_NAME:
-            raise ArtifactError(f"{source}: not an edge-cls manifest (format is {data.get('format')!r})")
-        version = _field(data, "schema_version", int, source)
+            raise ArtifactError(f"{source}: not an edge-cls manifest (format is {str(data.get('format'))[:100]!r})")
+        version = top.integer("schema_version")
         if version != SCHEMA_VERSION:
             raise ArtifactError(
                 f"{source}: unknown schema_version {version} (this edge-cls reads {SCHEMA_VERSION}); "
                 "upgrade edge-cls or rebuild the artifact"
             )
-        backend = _choice(data, "backend", BACKEND_NAMES, source)
-        precision = _choice(data, "precision", PRECISIONS, source)
-        task = _choice(data, "task", TASKS, source)
-        labels = _field(data, "labels", list, source)
-        if not labels or not all(isinstance(v, str) for v in labels):
-            raise ArtifactError(f"{source}: 'labels' must be a non-empty list of strings")
-        input_ = _field(data, "input", dict, source)
-        output = _field(data, "output", dict, source)
-        try:
-            spec = PreprocessSpec.from_dict(_field(data, "preprocess", dict, source))
-        except ConfigError as e:
-            raise ArtifactError(f"{source}: invalid 'preprocess': {e}") from e
-        files = []
-        for i, entry in enumerate(_field(data, "files", list, source)):
-            where = f"{source} files[{i}]"
-            if not isinstance(entry, dict):
-                raise ArtifactError(f"{where}: expected an object with path, sha256, bytes")
-            relative = _field(entry, "path", str, where)
-            if Path(relative).is_absolute() or ".." in Path(relative).parts:
-                raise ArtifactError(f"{where}: path {relative!r} must stay inside the artifact directory")
-            files.append(ArtifactFile(
-                path=relative,
-                sha256=_field(entry, "sha256", str, where),
-                bytes=_field(entry, "bytes", int, where),
-            ))
-        model_file = _field(data, "model_file", str, source)
+        labels = top.items("labels", limit=1_000_000)
+        if not labels:
+            raise ArtifactError(f"{source}: field 'labels' must be a non-empty list of strings")
+        labels = top.each("labels", labels, lambda name, value: label(top, name, value))
+        files = _read_files(top)
+        model_file = top.text("model_file", limit=1024)
         if model_file not in {f.path for f in files}:
             raise ArtifactError(f"{source}: model_file {model_file!r} is not listed in 'files'")
         manifest = cls(
-            backend=backend,
-            precision=precision,
+            backend=top.choice("backend", BACKEND_NAMES),
+            precision=top.choice("precision", PRECISIONS),
             model_file=model_file,
-            spec=spec,
-            labels=list(labels),
+            spec=_read_spec(top),
+            labels=labels,
             files=files,
-            task=task,
-            model_name=_field(data, "model_name", str, source),
-            input_name=_field(input_, "name", str, f"{source} input"),
-            output_name=_field(output, "name", str, f"{source} output"),
-            runtime_options=_field(data, "runtime_options", dict, source),
-            runtime_precision=_field(data, "runtime_precision", str, source),
-            parity=_optional(data, "parity", dict, source),
-            accuracy=_optional(data, "accuracy", dict, source),
-            recipe=_optional(data, "recipe", str, source) or "",
-            search=_optional(data, "search", dict, source),
-            accepted_drop=bool(_optional(data, "accepted_drop", bool, source)),
-            tools=_field(data, "tools", dict, source),
-            created_at=_field(data, "created_at", str, source),
+            task=top.choice("task", TASKS),
+            model_name=top.text("model_name", limit=1000),
+            input_name=_read_io(top, "input", len(labels)),
+            output_name=_read_io(top, "output", len(labels)),
+            runtime_options=scalar_map(top, "runtime_options", top.get("runtime_options", dict), SCALARS),
+            runtime_precision=top.text("runtime_precision", limit=100),
+            parity=_read_block(top, "parity", PARITY_FIELDS),
+            accuracy=_read_block(top, "accuracy", ACCURACY_FIELDS),
+            recipe=top.text("recipe", optional=True, limit=1000),
+            search=_read_search(top),
+            accepted_drop=bool(top.get("accepted_drop", bool, optional=True, default=False)),
+            tools=scalar_map(top, "tools", top.get("tools", dict), (str,)),
+            created_at=top.text("created_at", limit=100),
             schema_version=version,
         )
-        if input_.get("shape") != manifest.input_shape:
+        shape = top.block("input").data.get("shape")
+        if shape != manifest.input_shape:
             raise ArtifactError(
-                f"{source}: input shape {input_.get('shape')} does not match the preprocessing spec "
+                f"{source}: input shape {str(shape)[:100]} does not match the preprocessing spec "
                 f"({manifest.input_shape})"
             )
         return manifest
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        path = Path(directory) / MANIFEST_NAME
-        write_json_atomic(path, self.to_dict())
-        return path
+    def to_json(self) -> bytes:
+        """The manifest file's bytes."""
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+    def save(self, directory: str | os.PathLike[str], *, key: bytes | str | None = None) -> Path:
+        """Write ``directory/manifest.json`` (atomically, durably); with a key (``key`` or the
+        environment, see :func:`edge_cls.integrity.manifest_key`) also its HMAC signature."""
+        directory = Path(directory)
+        raw = self.to_json()
+        write_bytes_atomic(directory / MANIFEST_NAME, raw)
+        secret = manifest_key(key)
+        if secret is not None:
+            write_text_atomic(directory / SIGNATURE_NAME, signature(raw, secret))
+        else:
+            (directory / SIGNATURE_NAME).unlink(missing_ok=True)  # a stale one would no longer match
+        return directory / MANIFEST_NAME
 
 
 def describe_files(directory: str | os.PathLike[str], names: list[str]) -> list[ArtifactFile]:
@@ -181,8 +200,31 @@ def describe_files(directory: str | os.PathLike[str], names: list[str]) -> list[
     ]
 
 
-def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> Manifest:
-    """Read and validate ``directory/manifest.json``; with ``verify``, check every file's sha256."""
+def load_manifest(
+    directory: str | os.PathLike[str], *, verify: bool = True, key: bytes | str | None = None
+) -> Manifest:
+    """Read and validate ``directory/manifest.json``; with ``verify``, check the directory against it:
+    nothing unlisted, no symlinks, every file's size and sha256. ``key``: see :func:`read_artifact`."""
+    directory, manifest = _read_manifest(directory, key)
+    if verify:
+        verify_files(directory, manifest.files)
+    return manifest
+
+
+def read_artifact(
+    directory: str | os.PathLike[str], *, verify: bool = True, key: bytes | str | None = None
+) -> tuple[Manifest, ArtifactFiles]:
+    """The manifest and the bytes of every file it lists, each file read once and (with ``verify``)
+    checked as :func:`load_manifest` does: hand these bytes to a backend, not the paths.
+
+    ``key``: the manifest signing key; by default ``$EDGE_CLS_MANIFEST_KEY_FILE`` or
+    ``$EDGE_CLS_MANIFEST_KEY``. With a key, an unsigned or wrongly signed manifest is refused.
+    """
+    directory, manifest = _read_manifest(directory, key)
+    return manifest, read_files(directory, manifest.files, manifest.model_file, verify=verify)
+
+
+def _read_manifest(directory: str | os.PathLike[str], key: bytes | str | None) -> tuple[Path, Manifest]:
     directory = Path(directory)
     if not directory.exists():
         raise ArtifactError(
@@ -193,50 +235,117 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
             f"{directory} is a file, not an artifact directory: pass the directory that holds {MANIFEST_NAME}"
         )
     path = directory / MANIFEST_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ArtifactError(
             f"{directory} is not an artifact: it has no {MANIFEST_NAME} "
             "(build one with 'edge-cls build' or 'edge-cls export')"
         )
+    raw = read_bounded(path, MAX_MANIFEST_BYTES, "a manifest")
+    secret = manifest_key(key)
+    if secret is not None:
+        check_signature(directory, raw, secret)
+    return directory, Manifest.from_dict(parse_json(raw, str(path)), source=str(path))
+
+
+def _read_files(top: Fields) -> list[ArtifactFile]:
+    entries = top.items("files", limit=MAX_FILES)
+    if not entries:
+        raise ArtifactError(f"{top.source}: field 'files' must list the artifact's files")
+    files = top.each("files", entries, lambda name, value: _read_file_entry(Fields(value, top.source, f"{name}.")))
+    paths = [f.path for f in files]
+    duplicate = next((p for p in paths if paths.count(p) > 1), None)
+    if duplicate is not None:
+        raise ArtifactError(f"{top.source}: field 'files' lists {duplicate!r} twice")
+    reserved = sorted({MANIFEST_NAME, SIGNATURE_NAME} & set(paths))
+    if reserved:
+        raise ArtifactError(f"{top.source}: field 'files' lists {reserved[0]!r}, which describes the artifact itself")
+    return files
+
+
+def _read_file_entry(entry: Fields) -> ArtifactFile:
+    return ArtifactFile(
+        path=relative_path(entry, "path", entry.get("path", str)),
+        sha256=sha256_hex(entry, "sha256", entry.get("sha256", str)),
+        bytes=entry.integer("bytes", minimum=0),  # type: ignore[arg-type]
+    )
+
+
+def _read_spec(top: Fields) -> PreprocessSpec:
+    spec = top.block("preprocess")
+    size = spec.items("input_size", limit=2) or []
+    if len(size) != 2:
+        raise spec.fail("input_size", f"must be [height, width], got {len(size)} values")
+    for i, side in enumerate(size):
+        spec.check(f"input_size[{i}]", side, int)
+        check_range(spec, f"input_size[{i}]", side, 1, MAX_INPUT_SIDE)
+    for name in ("mean", "std"):
+        values = spec.items(name, limit=3, optional=True)
+        for i, value in enumerate(values or []):
+            spec.check(f"{name}[{i}]", value, float)
+            if not math.isfinite(value):
+                raise spec.fail(f"{name}[{i}]", f"must be a finite number, got {value}")
+    spec.number("crop_pct", optional=True)
+    for name in ("crop_mode", "interpolation", "channel_order", "layout"):
+        spec.text(name, optional=True, limit=100)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e}): rebuild the artifact") from e
-    manifest = Manifest.from_dict(data, source=str(path))
-    if verify:
-        verify_files(directory, manifest)
-    return manifest
+        return PreprocessSpec.from_dict(spec.data)
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ArtifactError(f"{top.source}: invalid 'preprocess': {e}") from e
 
 
-def verify_files(directory: Path, manifest: Manifest) -> None:
-    for entry in manifest.files:
-        file = directory / entry.path
-        if not file.is_file():
-            raise ArtifactError(f"{file} is listed in the manifest but missing: copy the whole artifact directory")
-        if sha256_file(file) != entry.sha256:
-            raise ArtifactError(
-                f"{file} does not match the sha256 in its manifest: the file was changed or corrupted; "
-                "rebuild or re-copy the artifact"
-            )
+def _read_io(top: Fields, key: str, num_classes: int) -> str:
+    block = top.block(key)
+    name = block.text("name", limit=1000)
+    if block.get("dtype", str, optional=True, default="float32") != "float32":
+        raise block.fail("dtype", f"is {str(block.data['dtype'])[:50]!r}; edge-cls artifacts take and give float32")
+    shape = block.items("shape", limit=8)
+    if key == "output" and shape != [-1, num_classes]:
+        raise block.fail("shape", f"is {str(shape)[:100]}, expected [-1, {num_classes}] (one logit per label)")
+    return name
 
 
-def _field(data: Mapping[str, Any], key: str, kind: type, source: str) -> Any:
-    if key not in data:
-        raise ArtifactError(f"{source}: missing field {key!r}")
-    value = data[key]
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise ArtifactError(f"{source}: field {key!r} must be {kind.__name__}, got {type(value).__name__}")
-    return value
+# Known keys of the parity and accuracy blocks, and how to read them; other keys may hold any JSON
+# scalar (later versions add figures, and a block is information, not something load acts on).
+_FRACTION = {"minimum": 0.0, "maximum": 1.0}
+PARITY_FIELDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "reference": ("text", {}), "split": ("text", {}), "runtime_precision": ("text", {}),
+    "images": ("integer", {"minimum": 0}), "disagreements": ("integer", {"minimum": 0}),
+    "top1_agreement": ("number", _FRACTION),
+    "max_abs_logit_error": ("number", {"minimum": 0.0, "finite": False}),
+    "mean_abs_logit_error": ("number", {"minimum": 0.0, "finite": False}),
+}
+ACCURACY_FIELDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "split": ("text", {}), "images": ("integer", {"minimum": 0}),
+    **{name: ("number", _FRACTION) for name in ("top1", "top5", "mAP", "f1_macro", "f1_micro")},
+}
 
 
-def _optional(data: Mapping[str, Any], key: str, kind: type, source: str) -> Any:
-    if data.get(key) is None:
+def _read_block(top: Fields, key: str, known: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    block = top.optional_block(key)
+    if block is None:
         return None
-    return _field(data, key, kind, source)
+    for name, value in block.data.items():
+        if name in known:
+            reader, limits = known[name]
+            getattr(block, reader)(name, optional=True, **limits)
+        elif not isinstance(value, (str, int, float, bool)) and value is not None:
+            raise block.fail(name, f"must be a string, number, true/false or null, got {kind_of(value)}")
+    return dict(block.data)
 
 
-def _choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...], source: str) -> str:
-    value = _field(data, key, str, source)
-    if value not in choices:
-        raise ArtifactError(f"{source}: field {key!r} is {value!r}, expected one of {choices}")
-    return value
+def _read_search(top: Fields) -> dict[str, Any] | None:
+    """The precision search's record: any keys; ``candidates`` a list of rows (objects of scalars);
+    other values scalars, or lists/objects of scalars."""
+    search = top.optional_block("search")
+    if search is None:
+        return None
+    for name, value in search.data.items():
+        if name == "candidates":
+            rows = search.items(name, limit=10_000) or []
+            search.each(name, rows, lambda row_name, row: scalar_map(search, row_name, row, SCALARS))
+        elif isinstance(value, dict):
+            scalar_map(search, name, value, SCALARS)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                search.check(f"{name}[{i}]", item, SCALARS)
+    return dict(search.data)

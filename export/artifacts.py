@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_cls._fileio import fsync_directory, fsync_tree
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.errors import ArtifactError, ConfigError, ExportError
 from edge_cls.manifest import MANIFEST_NAME, Manifest, describe_files
@@ -368,7 +369,7 @@ def _publish_all(items: list[tuple[Path, Path]], work: Path) -> None:
     """Swap every built artifact into place together: if one swap fails, every earlier one is undone
     and the previous artifacts are put back, so the output is all new or all old."""
     for staging, _ in items:
-        _fsync_tree(staging)
+        fsync_tree(staging)
     moved_old: list[tuple[Path, Path]] = []
     placed: list[Path] = []
     try:
@@ -379,29 +380,13 @@ def _publish_all(items: list[tuple[Path, Path]], work: Path) -> None:
                 moved_old.append((backup, dest))
             os.replace(staging, dest)
             placed.append(dest)
-        _fsync_dir(items[0][1].parent if items else work)
+        fsync_directory(items[0][1].parent if items else work)
     except OSError:
         for i, dest in enumerate(placed):
             os.replace(dest, work / f"undone-{i}")
         for backup, dest in moved_old:
             os.replace(backup, dest)
         raise
-
-
-def _fsync_tree(path: Path) -> None:
-    for file in path.iterdir():
-        if file.is_file():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _refuse_foreign_destinations(out_dir: Path, targets: list[ExportTarget]) -> None:

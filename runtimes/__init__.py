@@ -18,7 +18,8 @@ from typing import Any
 
 from edge_cls.backends import BACKENDS
 from edge_cls.errors import BackendUnavailableError, ConfigError
-from edge_cls.manifest import Manifest, load_manifest
+from edge_cls.integrity import ArtifactFiles
+from edge_cls.manifest import read_artifact
 
 from .base import Backend, Classifier, ClassifierClosedError, ImageResult, Pipeline, ResultStream
 
@@ -41,7 +42,12 @@ def available_backends() -> list[str]:
 
 
 def load(
-    path: str | os.PathLike[str], *, backend: str | None = None, verify: bool = True, **options: Any
+    path: str | os.PathLike[str],
+    *,
+    backend: str | None = None,
+    verify: bool = True,
+    key: bytes | str | None = None,
+    **options: Any,
 ) -> Classifier:
     """Open an artifact directory and return a :class:`Classifier`.
 
@@ -49,22 +55,26 @@ def load(
         path: directory holding ``manifest.json`` and the model file(s).
         backend: run with this backend instead of the artifact's own (e.g. an ONNX artifact on
             ``openvino``), where the backend can read the model file.
-        verify: check every file's sha256 against the manifest before loading.
+        verify: check the directory against its manifest before loading: only listed files, no
+            symbolic links, each file's size and sha256. The backend loads the bytes that were
+            checked, not the file again.
+        key: manifest signing key (default: ``$EDGE_CLS_MANIFEST_KEY_FILE`` or
+            ``$EDGE_CLS_MANIFEST_KEY``); with one, an unsigned or wrongly signed artifact is refused.
         options: backend options, e.g. ``device="GPU"`` for OpenVINO, ``threads=2``.
     """
     directory = Path(path)
-    manifest: Manifest = load_manifest(directory, verify=verify)
+    manifest, files = read_artifact(directory, verify=verify, key=key)
     cls = backend_class(backend or manifest.backend)
-    model_path = directory / manifest.model_file
-    if model_path.suffix not in cls.suffixes:
+    suffix = Path(manifest.model_file).suffix
+    if suffix not in cls.suffixes:
         raise ConfigError(
-            f"the {cls.name} backend cannot read {model_path.name} (it reads {', '.join(cls.suffixes)}); "
+            f"the {cls.name} backend cannot read {manifest.model_file} (it reads {', '.join(cls.suffixes)}); "
             f"use backend={manifest.backend!r}"
         )
-    return Classifier(cls.open(model_path, manifest, **options), manifest, directory)
+    return Classifier(cls.open(files, manifest, **options), manifest, directory)
 
 
 __all__ = [
-    "BACKENDS", "Backend", "Classifier", "ClassifierClosedError", "ImageResult", "Pipeline", "ResultStream",
-    "available_backends", "backend_class", "load",
+    "BACKENDS", "ArtifactFiles", "Backend", "Classifier", "ClassifierClosedError", "ImageResult", "Pipeline",
+    "ResultStream", "available_backends", "backend_class", "load",
 ]

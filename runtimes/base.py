@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from edge_cls.errors import ConfigError, EdgeClsError
+from edge_cls.integrity import ArtifactFiles
 from edge_cls.manifest import Manifest
 from edge_cls.predictions import Prediction, top_k
 from edge_cls.preprocess import ImageInput, PreprocessSpec
@@ -41,8 +42,9 @@ class Backend(ABC):
 
     @classmethod
     @abstractmethod
-    def open(cls, model_path: Path, manifest: Manifest, **options: Any) -> Backend:
-        """Load ``model_path``; ``options`` are backend-specific (device, threads, ...)."""
+    def open(cls, files: ArtifactFiles, manifest: Manifest, **options: Any) -> Backend:
+        """Load the model from ``files``: the artifact's bytes, already checked against the manifest
+        (never reopen paths); ``options`` are backend-specific (device, threads, ...)."""
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_cls.errors import ArtifactError, ConfigError
+from edge_cls.integrity import ArtifactFiles
 from edge_cls.manifest import Manifest
 
 from .base import Backend
@@ -37,7 +37,7 @@ class OnnxRuntimeBackend(Backend):
     @classmethod
     def open(
         cls,
-        model_path: Path,
+        files: ArtifactFiles,
         manifest: Manifest,
         *,
         providers: list[str] | None = None,
@@ -53,18 +53,27 @@ class OnnxRuntimeBackend(Backend):
         session_options.log_severity_level = 3  # errors only; shape-inference warnings are noise here
         if threads:
             session_options.intra_op_num_threads = threads
+        # The model comes from the bytes that were checked, never from the path again. Other listed
+        # files are the model's external data, handed over in memory under the names the model uses.
+        external = files.companions
+        if external:
+            session_options.add_external_initializers_from_files_in_memory(
+                list(external), list(external.values()), [len(data) for data in external.values()]
+            )
         try:
             session = ort.InferenceSession(
-                str(model_path), session_options, providers=providers or ["CPUExecutionProvider"]
+                files.model, session_options, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as e:  # ORT raises its own untyped errors for a bad model file
-            raise ArtifactError(f"{model_path} could not be loaded by onnxruntime ({e}): rebuild the artifact") from e
+            raise ArtifactError(f"{files.path()} could not be loaded by onnxruntime ({e}): rebuild the artifact") from e
         inputs = [i.name for i in session.get_inputs()]
         outputs = [o.name for o in session.get_outputs()]
         input_name = manifest.input_name if manifest.input_name in inputs else inputs[0]
         output_name = manifest.output_name if manifest.output_name in outputs else outputs[0]
         precision = _PRECISION_NAMES.get(manifest.precision, manifest.precision)
-        return cls(session, input_name, output_name, precision)
+        backend = cls(session, input_name, output_name, precision)
+        backend._external_data = external  # ORT may use in-memory external data in place: keep it alive
+        return backend
 
     @property
     def precision(self) -> str:

@@ -8,12 +8,13 @@ otherwise, so the hint stored in the manifest (``f32`` for FP32 artifacts) is ap
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from edge_cls.errors import ArtifactError, ConfigError
+from edge_cls.integrity import ArtifactFiles
 from edge_cls.manifest import Manifest
 
 from .base import Backend
@@ -48,7 +49,7 @@ class OpenVINOBackend(Backend):
     @classmethod
     def open(
         cls,
-        model_path: Path,
+        files: ArtifactFiles,
         manifest: Manifest,
         *,
         device: str = "CPU",
@@ -77,10 +78,10 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_NUM_THREADS"] = threads
         core = ov.Core()
         try:
-            model = core.read_model(str(model_path))
+            model = _read_model(ov, core, files)
             compiled = core.compile_model(model, device, config)
         except RuntimeError as e:
-            raise ArtifactError(f"{model_path} could not be loaded by OpenVINO on {device} ({e})") from e
+            raise ArtifactError(f"{files.path()} could not be loaded by OpenVINO on {device} ({e})") from e
         return cls(compiled, device)
 
     @property
@@ -112,6 +113,22 @@ def _optimal_requests(compiled: Any) -> int:
         return max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
     except (RuntimeError, TypeError, ValueError):  # a plugin that does not report it
         return 1
+
+
+def _read_model(ov: Any, core: Any, files: ArtifactFiles) -> Any:
+    """The model from the checked bytes: an IR's XML with its ``.bin`` as a weights tensor, or an ONNX file."""
+    if PurePosixPath(files.model_file).suffix != ".xml":
+        if files.companions:
+            raise ArtifactError(
+                f"{files.path()} has external data ({', '.join(files.companions)}), which OpenVINO cannot take from "
+                "memory: run it with backend='onnxruntime'"
+            )
+        return core.read_model(files.model)
+    weights_name = str(PurePosixPath(files.model_file).with_suffix(".bin"))
+    if weights_name not in files:
+        raise ArtifactError(f"{files.path()} needs its weights file {weights_name}, which the manifest does not list")
+    weights = ov.Tensor(np.frombuffer(files[weights_name], dtype=np.uint8))  # a copy: OpenVINO owns its weights
+    return core.read_model(files.model, weights)
 
 
 def runtime_precision(compiled: Any) -> str:

@@ -12,12 +12,12 @@ once cost N times that.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edge_cls.errors import ArtifactError, BackendUnavailableError, ConfigError, EdgeClsError
+from edge_cls.integrity import ArtifactFiles
 from edge_cls.manifest import Manifest
 
 from .base import Backend
@@ -70,7 +70,7 @@ class TensorRTBackend(Backend):
             pass
 
     @classmethod
-    def open(cls, model_path: Path, manifest: Manifest, *, device: int = 0, **options: Any) -> TensorRTBackend:
+    def open(cls, files: ArtifactFiles, manifest: Manifest, *, device: int = 0, **options: Any) -> TensorRTBackend:
         import tensorrt as trt  # lazy: only apps that use this backend pay for it
 
         if options:
@@ -81,10 +81,10 @@ class TensorRTBackend(Backend):
         except CudaError as e:
             raise BackendUnavailableError(f"no usable CUDA device {device} for TensorRT ({e})") from e
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        engine = runtime.deserialize_cuda_engine(model_path.read_bytes())
+        engine = runtime.deserialize_cuda_engine(files.model)  # the bytes that were checked
         if engine is None:
             raise ArtifactError(
-                f"{model_path} could not be deserialized: engines only run on the GPU model and TensorRT "
+                f"{files.path()} could not be deserialized: engines only run on the GPU model and TensorRT "
                 "version that built them; rebuild it on this device"
             )
         precision = _PRECISION_NAMES.get(manifest.precision, manifest.precision)

@@ -118,3 +118,65 @@ def test_empty_dataset_directory(tmp_path):
         (tmp_path / split / "cat").mkdir(parents=True)
     with pytest.raises(DataError, match="has no images"):
         load_splits(tmp_path)
+
+
+def test_the_demo_writer_never_replaces_a_directory_it_did_not_write(tmp_path):
+    # Before: `edge-cls build --output DIR` swapped DIR/data for the demo set and deleted what was there.
+    from edge_cls.data import write_demo_dataset
+
+    root = tmp_path / "data"
+    (root / "train" / "cat").mkdir(parents=True)
+    (root / "train" / "cat" / "tom.png").write_bytes(b"the user's own image")
+    with pytest.raises(DataError, match=r"not written by edge-cls .* pass --data-dir .* or choose another --output"):
+        write_demo_dataset(root)
+    assert (root / "train" / "cat" / "tom.png").read_bytes() == b"the user's own image"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_non_utf8_classes_and_csv_are_data_errors(multilabel_root, tmp_path):
+    import shutil
+
+    from edge_cls.data import labelled_split, read_label_csv
+
+    for name in ("train.csv", "val.csv", "test.csv"):
+        shutil.copy(multilabel_root / name, tmp_path / name)
+    (tmp_path / "classes.txt").write_bytes(b"d0\n\xff\xfe\n")
+    for read in (load_splits, labelled_split):
+        with pytest.raises(DataError, match="classes.txt is not readable UTF-8"):
+            read(tmp_path)
+    (tmp_path / "latin1.csv").write_bytes(b"path,labels\ncaf\xe9.png,d1\n")
+    with pytest.raises(DataError, match="latin1.csv is not a readable CSV"):
+        read_label_csv(tmp_path / "latin1.csv")
+
+
+def test_a_split_preprocessed_to_a_file_is_memory_mapped_and_equal(digits_root, tmp_path):
+    from edge_cls.data import preprocess_split_to_file
+
+    split = scan_image_folder(digits_root / "val")
+    spec = PreprocessSpec(input_size=(16, 16))
+    batch, targets = preprocess_split_to_file(split, spec, tmp_path / "val.npy")
+    expected, expected_targets = preprocess_split(split, spec)
+    assert isinstance(batch, np.memmap) and batch.shape == expected.shape
+    np.testing.assert_array_equal(batch, expected)
+    np.testing.assert_array_equal(targets, expected_targets)
+    assert [p.name for p in tmp_path.iterdir()] == ["val.npy"]
+    shard, _ = preprocess_split_to_file(split, spec, tmp_path / "val.rank1.npy", shard=(1, 3))
+    np.testing.assert_array_equal(shard[1::3], expected[1::3])
+    assert not shard[0::3].any() and not shard[2::3].any()  # the other ranks' rows: left empty
+
+
+def test_preprocessing_to_a_file_holds_one_batch_not_the_split(digits_root, tmp_path):
+    import tracemalloc
+
+    from edge_cls.data import preprocess_split_to_file
+
+    split = scan_image_folder(digits_root / "train")  # 240 images
+    spec = PreprocessSpec(input_size=(32, 32))
+    whole = len(split) * 3 * 32 * 32 * 4
+    tracemalloc.start()
+    try:
+        preprocess_split_to_file(split, spec, tmp_path / "train.npy")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < whole / 20, (peak, whole)  # numpy reports its buffers to tracemalloc

@@ -170,15 +170,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"mean {spec.mean}, std {spec.std}",
         "files:      " + ", ".join(f"{f.path} ({f.bytes / 1e6:.2f} MB)" for f in manifest.files),
     ]
+
+    def shown(value: Any, form: str) -> str:  # parity/accuracy keys are optional: other versions may lack some
+        return format(value, form) if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+
     if manifest.parity:
         p = manifest.parity
         lines.append(
-            f"parity:     top-1 agreement {100 * p['top1_agreement']:.1f}% with {p['reference']} on {p['images']} "
-            f"{p['split']} images, max logit error {p['max_abs_logit_error']:.3g}"
+            f"parity:     top-1 agreement {shown(p.get('top1_agreement'), '.1%')} with "
+            f"{p.get('reference', '?')} on {p.get('images', '?')} {p.get('split', '?')} images, "
+            f"max logit error {shown(p.get('max_abs_logit_error'), '.3g')}"
         )
     if manifest.accuracy:
         a = manifest.accuracy
-        lines.append(f"accuracy:   top-1 {100 * a['top1']:.1f}% on {a['images']} {a['split']} images")
+        lines.append(f"accuracy:   top-1 {shown(a.get('top1'), '.1%')} on {a.get('images', '?')} "
+                     f"{a.get('split', '?')} images")
     lines.append("tools:      " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
     if manifest.accepted_drop:
         lines.append("WARNING:    shipped although it missed the accuracy bar (--accept-drop)")

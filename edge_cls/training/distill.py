@@ -23,13 +23,13 @@ import torch
 
 from .._fileio import write_json_atomic, write_text_atomic
 from ..config import BuildConfig, dump_yaml, to_plain
-from ..data import Split, load_splits, preprocess_split, write_demo_dataset
+from ..data import Split, load_splits, write_demo_dataset
 from ..errors import CheckpointError, ConfigError
 from ..evaluate import Evaluation, comparison_table, evaluate_logits, plot_confusion
 from .checkpoints import Checkpoint
 from .distributed import DistContext, init_from_env
-from .models import ModelRecipe, create_model, load_backbone_weights, model_kwargs, predict_logits, spec_for_model
-from .stage import StageModel, StagePaths, Trained, train_stage
+from .models import ModelRecipe, create_model, load_backbone_weights, model_kwargs, spec_for_model
+from .stage import StageModel, StagePaths, Trained, split_logits, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -225,9 +225,8 @@ def write_evaluation(out: Path, models: list[Trained], splits: dict[str, Split])
     classes = splits["train"].classes
     evaluations = []
     for trained in models:
-        batch, targets = preprocess_split(splits["test"], trained.spec)
-        evaluations.append(evaluate_logits(predict_logits(trained.model, batch), targets, classes,
-                                           name=f"{trained.name} ({trained.recipe.name})"))
+        logits, targets = split_logits(trained.model, splits["test"], trained.spec)  # batch by batch
+        evaluations.append(evaluate_logits(logits, targets, classes, name=f"{trained.name} ({trained.recipe.name})"))
     pictures = []
     for trained, evaluation in zip(models, evaluations):
         png = plot_confusion(evaluation, classes, out / f"confusion_{trained.name}.png")

@@ -47,7 +47,7 @@ from ..progress import progress
 from .datasets import ImageDataset, train_transform
 from .distributed import DistContext, EpochSampler, init_from_env
 from .models import predict_logits
-from .state import STATE_FILE, read_state, restore_state, save_state
+from .state import STATE_FILE, read_resumable_state, restore_state, save_state
 from .tasks import eval_module, label_criterion
 
 logger = logging.getLogger(__name__)
@@ -190,7 +190,7 @@ def _setup(
         state_path = Path(resume) if not isinstance(resume, bool) else (run_path / STATE_FILE if run_path else None)
         if state_path is None:
             raise ConfigError("resume needs a run directory or a state file")
-        saved = read_state(state_path)
+        saved, state_path = read_resumable_state(state_path)
     if ctx.is_main:
         log_class_counts(split)
     seed_everything(config.seed)

@@ -6,6 +6,12 @@ so a stage's checkpoint, run directory, resume rule and evaluation are the same 
     <checkpoint>            the finished model (edge-cls checkpoint, with its test metrics)
     <run_dir>/last.pt       resumable state after the last finished epoch (removed once finished)
     <run_dir>/metrics.csv, tensorboard/, teacher_logits.npy (cached KD only)
+    <run_dir>/val.npy       the preprocessed validation split, memory-mapped (removed once finished)
+
+Memory does not grow with the data set: the validation split and the teacher-logit cache are
+memory-mapped ``.npy`` files in the run directory (one per rank under torchrun, since a run
+directory need not be shared between machines; a rank's validation file holds only the rows it
+scores), and the test split is scored batch by batch.
 """
 
 from __future__ import annotations
@@ -20,19 +26,20 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .._fileio import atomic_path
 from ..config import DistillConfig, TrainConfig
-from ..data import Split, preprocess_split
+from ..data import Split, iter_split_batches, preprocess_split_to_file, save_rows
 from ..evaluate import evaluate_logits
 from ..preprocess import PreprocessSpec
 from .checkpoints import Checkpoint
 from .distributed import DistContext
 from .loop import criterion_for, fit
 from .models import ModelRecipe, create_model, load_backbone_weights, predict_logits, spec_for_model
-from .state import STATE_FILE
+from .state import STATE_FILE, previous_state_path
 from .tasks import classification_task, distillation_task
 
 logger = logging.getLogger(__name__)
+
+PREDICT_BATCH = 64  # images preprocessed and run at a time when scoring a split: 38 MB at 224 px
 
 
 @dataclass
@@ -81,7 +88,8 @@ def train_stage(
     checkpoint and an interrupted one continues from ``paths.run_dir/last.pt``.
     ``record``: the resolved run config, stored in the checkpoint."""
     state = paths.run_dir / STATE_FILE
-    if resume and paths.checkpoint.is_file() and not state.is_file():
+    interrupted = state.is_file() or previous_state_path(state).is_file()
+    if resume and paths.checkpoint.is_file() and not interrupted:
         checkpoint = Checkpoint.load(paths.checkpoint)
         logger.info("%s: finished earlier, loaded %s", name, paths.checkpoint)
         return Trained(name, checkpoint.build(), checkpoint.recipe, checkpoint.spec, paths.checkpoint,
@@ -101,11 +109,15 @@ def train_stage(
                                  teacher_size=teacher.spec.input_size)
         if distill.cache_teacher:
             cached = cache_teacher_logits(teacher, split, paths.run_dir / "teacher_logits.npy", ctx, reuse=resume)
-    result = fit(task, split, spec, train, desc=name, val=preprocess_split(splits["val"], spec), run_dir=paths.run_dir,
-                 resume=resume and state.is_file(), context=ctx, teacher_logits=cached)
+    val_file = paths.run_dir / _per_rank("val.npy", ctx)
+    val = preprocess_split_to_file(splits["val"], spec, val_file, shard=(ctx.rank, ctx.world_size))
+    result = fit(task, split, spec, train, desc=name, val=val, run_dir=paths.run_dir,
+                 resume=resume and interrupted, context=ctx, teacher_logits=cached)
+    del val
+    val_file.unlink(missing_ok=True)
     trained = result.model.eval()
-    test_batch, test_targets = preprocess_split(splits["test"], spec)
-    evaluation = evaluate_logits(predict_logits(trained, test_batch), test_targets, split.classes)
+    test_logits, test_targets = split_logits(trained, splits["test"], spec)
+    evaluation = evaluate_logits(test_logits, test_targets, split.classes)
     if ctx.is_main:
         Checkpoint.from_model(
             trained.cpu(), start.recipe, spec, split.classes, test=evaluation.metrics,
@@ -113,6 +125,7 @@ def train_stage(
             history=result.history, train_config=asdict(train), config=record or {},
         ).save(paths.checkpoint)
         state.unlink(missing_ok=True)  # finished: the checkpoint is the record now
+        previous_state_path(state).unlink(missing_ok=True)
     ctx.barrier()
     return Trained(name, trained, start.recipe, spec, paths.checkpoint, result.seconds)
 
@@ -127,22 +140,38 @@ def _initial_model(start: StageModel, train: TrainConfig) -> nn.Module:
     return model
 
 
+def split_logits(model: nn.Module, split: Split, spec: PreprocessSpec, device: torch.device | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """A model's logits on every image of a split, preprocessed and run one batch at a time, and the
+    split's targets."""
+    parts = [predict_logits(model, batch, chunk=PREDICT_BATCH, device=device)
+             for batch, _ in iter_split_batches(split, spec, PREDICT_BATCH)]
+    return np.concatenate(parts), split.target_array()
+
+
+def _per_rank(name: str, ctx: DistContext) -> str:
+    return name if ctx.world_size == 1 else name.replace(".npy", f".rank{ctx.rank}.npy")
+
+
 def cache_teacher_logits(
     teacher: Trained, split: Split, path: Path, ctx: DistContext, *, reuse: bool = False
 ) -> np.ndarray:
-    """The teacher's logits on every training image (its own eval preprocessing), computed once;
-    ``reuse`` (resuming the same run) takes an existing cache of the right length."""
+    """The teacher's logits on every training image (its own eval preprocessing), computed once
+    into a memory-mapped ``.npy`` file; ``reuse`` (resuming the same run) takes an existing cache of
+    the right length. Under torchrun each rank keeps its own file beside ``path``."""
+    path = path.with_name(_per_rank(path.name, ctx))
     if reuse and path.is_file():
-        logits = np.load(path)
-        if logits.shape[0] == len(split):
-            logger.info("teacher logits: reusing %s", path)
-            return logits
+        try:
+            logits = np.load(path, mmap_mode="c")
+        except (OSError, ValueError) as e:  # truncated or not a .npy file: compute it again
+            logger.warning("teacher logits: %s is unreadable (%s); computing them again", path, e)
+        else:
+            if logits.ndim == 2 and logits.shape[0] == len(split):
+                logger.info("teacher logits: reusing %s", path)
+                return logits
     started = time.perf_counter()
-    batch, _ = preprocess_split(split, teacher.spec)
-    logits = predict_logits(teacher.model, batch, device=ctx.device)
-    if ctx.is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, logits)
+    chunks = (predict_logits(teacher.model, batch, chunk=PREDICT_BATCH, device=ctx.device)
+              for batch, _ in iter_split_batches(split, teacher.spec, PREDICT_BATCH))
+    logits = save_rows(path, len(split), chunks)
     logger.info("teacher logits for %d images cached in %.1fs", len(split), time.perf_counter() - started)
     return logits

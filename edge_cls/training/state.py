@@ -1,8 +1,12 @@
 """The resumable training state: what ``runs/<stage>/last.pt`` holds, and how it is read back.
 
 After every epoch rank 0 writes model, EMA, optimizer, AMP scaler, sampler and RNG state, the
-epoch's history and the config, atomically and durably (temp file, fsync, rename). Reading
-checks the file before any work, so a truncated or foreign file fails fast and is left as it is.
+epoch's history and the config, atomically and durably (temp file, fsync, rename). The state it
+replaces is renamed to ``last.pt.prev`` once the new one is on disk: two files, never one inode
+under two names, so damage to one leaves the other. Reading checks the file before any work, so
+a truncated or foreign file fails fast and is left as it is; :func:`read_resumable_state` then
+falls back to the previous epoch's state with a warning (also when a kill between the two
+renames left no ``last.pt``).
 The scheduler is not stored: its value is a function of the update count, which the loop sets.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,7 @@ import torch
 from timm.task import TrainingTask
 from timm.utils import unwrap_model
 
-from .._fileio import atomic_path
+from .._fileio import atomic_path, fsync_file
 from ..config import TrainConfig
 from ..errors import CheckpointError
 
@@ -29,6 +34,13 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = "edge-cls-train-state"
 STATE_VERSION = 1
 STATE_FILE = "last.pt"
+PREVIOUS_SUFFIX = ".prev"
+
+
+def previous_state_path(path: str | os.PathLike[str]) -> Path:
+    """Where the state before ``path`` is kept: ``last.pt`` -> ``last.pt.prev``."""
+    path = Path(path)
+    return path.with_name(path.name + PREVIOUS_SUFFIX)
 
 
 def rng_state() -> dict[str, Any]:
@@ -76,6 +88,15 @@ def save_state(path: Path, task: TrainingTask, optimizer: Any, scaler: Any, samp
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+        fsync_file(tmp)  # the new state is on disk before the old one moves
+        _keep_previous(path)
+
+
+def _keep_previous(path: Path) -> None:
+    """Rename the current state file to ``last.pt.prev``. A file that is not a complete zip archive
+    (torch.save's format; truncated on disk, say) is not promoted over a good previous one."""
+    if path.is_file() and zipfile.is_zipfile(path):
+        os.replace(path, previous_state_path(path))
 
 
 def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -105,6 +126,25 @@ def read_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"cannot resume: {path} lacks {', '.join(missing)}; it was left as it is")
     return state
+
+
+def read_resumable_state(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Path]:
+    """:func:`read_state`, falling back to ``last.pt.prev`` (with a warning naming both files) when
+    ``path`` is missing, truncated or unreadable. Returns the state and the file it came from."""
+    path = Path(path)
+    try:
+        return read_state(path), path
+    except CheckpointError as error:
+        previous = previous_state_path(path)
+        if not previous.is_file():
+            raise
+        try:
+            state = read_state(previous)
+        except CheckpointError:
+            raise error from None
+        logger.warning("%s cannot be used (%s); resuming from the previous epoch's state %s instead",
+                       path, error, previous)
+        return state, previous
 
 
 def restore_state(state: dict[str, Any], path: Path, task: TrainingTask, optimizer: Any, scaler: Any,
