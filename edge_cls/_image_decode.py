@@ -210,7 +210,7 @@ def _exif_transpose(image: Image.Image, *, in_place: bool) -> Image.Image:
 def _draft(image: Image.Image, spec: PreprocessSpec, margin: float) -> int:
     """Ask a JPEG decoder for 1/2, 1/4 or 1/8 scale while that keeps ``margin`` times the pixels
     the resize needs; return the scale (1 when not reduced or not a JPEG)."""
-    if image.format != "JPEG":
+    if image.format != "JPEG" or not math.isfinite(margin):
         return 1
     orientation = _orientation(image)
     upright = image.size[::-1] if orientation in _SWAPS_AXES else image.size
