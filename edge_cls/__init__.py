@@ -4,6 +4,7 @@ The core (this package's top level: preprocessing, predictions, manifest) import
 pillow. Training needs the ``train`` extra, export the ``export`` extra, and each runtime its own.
 """
 
+from ._fileio import DiskFullError
 from .errors import (
     ArtifactError,
     BackendUnavailableError,
@@ -15,7 +16,7 @@ from .errors import (
     InvalidImageError,
 )
 from .predictions import Prediction
-from .preprocess import PreprocessSpec
+from .preprocess import Frame, PreprocessSpec
 
 __version__ = "0.1.0"
 
@@ -25,9 +26,11 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "DiskFullError",
     "EdgeClsError",
     "ExportError",
     "InvalidImageError",
+    "Frame",
     "Prediction",
     "PreprocessSpec",
     "__version__",

@@ -149,6 +149,7 @@ class BuildConfig:
     calibration_size: int = 300
     calib_augment: bool = False  # add flipped/cropped views when the calibration split is small
     recipes: tuple[str, ...] = ()  # restrict the precision search to these recipes (empty: every recipe)
+    taxonomy: Path | None = None  # parent per class (YAML, JSON or CSV): artifacts answer up the tree
     bench_iterations: int = 100
     onnx_exporter: str = "dynamo"
 
@@ -182,7 +183,10 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} is not readable UTF-8 text ({e})") from e
     try:
         if path.suffix == ".toml":
             import tomllib

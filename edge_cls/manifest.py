@@ -85,6 +85,9 @@ class Manifest:
     recipe: str = ""  # how the model file was made, e.g. "ort-qdq-u8s8" (see edge_cls.export.recipes)
     search: dict[str, Any] | None = None  # the precision search that chose this artifact: bar, candidates, verdicts
     accepted_drop: bool = False  # shipped although it missed the accuracy bar, because the user said so
+    calibration: dict[str, Any] | None = None  # fitted temperature, or per-class thresholds (multi-label)
+    taxonomy: dict[str, str | None] | None = None  # parent of every class (and inner node): answers roll up
+    summary: dict[str, Any] | None = None  # answers on the validation split, for ``edge-cls check``
     tools: dict[str, str] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
@@ -119,6 +122,9 @@ class Manifest:
             "recipe": self.recipe,
             "search": self.search,
             "accepted_drop": self.accepted_drop,
+            "calibration": self.calibration,
+            "taxonomy": self.taxonomy,
+            "summary": self.summary,
             "tools": self.tools,
             "created_at": self.created_at,
         }
@@ -161,6 +167,9 @@ class Manifest:
             recipe=top.text("recipe", optional=True, limit=1000),
             search=_read_search(top),
             accepted_drop=bool(top.get("accepted_drop", bool, optional=True, default=False)),
+            calibration=_read_calibration(top, len(labels)),
+            taxonomy=_read_taxonomy(top, labels),
+            summary=_read_summary(top, len(labels)),
             tools=scalar_map(top, "tools", top.get("tools", dict), (str,)),
             created_at=top.text("created_at", limit=100),
             schema_version=version,
@@ -330,6 +339,64 @@ def _read_block(top: Fields, key: str, known: dict[str, tuple[str, dict[str, Any
             getattr(block, reader)(name, optional=True, **limits)
         elif not isinstance(value, (str, int, float, bool)) and value is not None:
             raise block.fail(name, f"must be a string, number, true/false or null, got {kind_of(value)}")
+    return dict(block.data)
+
+
+def _read_calibration(top: Fields, num_classes: int) -> dict[str, Any] | None:
+    """A fitted temperature (single-label) or one decision threshold per class (multi-label)."""
+    block = top.optional_block("calibration")
+    if block is None:
+        return None
+    method = block.choice("method", ("temperature", "thresholds"))
+    if method == "temperature":
+        block.number("temperature", minimum=0.01, maximum=1000.0)
+    else:
+        values = block.items("thresholds", limit=num_classes)
+        if values is None or len(values) != num_classes:
+            raise block.fail("thresholds", f"must hold one threshold per class ({num_classes})")
+        block.each("thresholds", values, lambda name, value: _fraction(block, name, value))
+    for name, value in block.data.items():
+        if name not in ("method", "temperature", "thresholds"):
+            block.check(name, value, SCALARS)
+    return dict(block.data)
+
+
+def _fraction(fields: Fields, name: str, value: Any) -> float:
+    fields.check(name, value, float)
+    if not 0.0 <= float(value) <= 1.0:
+        raise fields.fail(name, f"must be in [0, 1], got {value}")
+    return float(value)
+
+
+def _read_taxonomy(top: Fields, labels: list[str]) -> dict[str, str | None] | None:
+    """Every class's (and inner node's) parent; a cycle or an unknown name is refused."""
+    value = top.get("taxonomy", dict, optional=True)
+    if value is None:
+        return None
+    mapping = scalar_map(top, "taxonomy", value, (str, type(None)))
+    from .taxonomy import Taxonomy
+
+    try:
+        return Taxonomy.from_mapping(mapping, labels, source=f"{top.source}: field 'taxonomy'").to_dict()
+    except ConfigError as e:
+        raise ArtifactError(str(e)) from e
+
+
+def _read_summary(top: Fields, num_classes: int) -> dict[str, Any] | None:
+    """What the artifact answered on its validation split: histograms and shares, for drift checks."""
+    block = top.optional_block("summary")
+    if block is None:
+        return None
+    block.text("split", limit=200)
+    block.integer("images", minimum=0)
+    block.number("mean_confidence", minimum=0.0, maximum=1.0)
+    for name, length in (("confidence_histogram", None), ("class_shares", num_classes)):
+        values = block.items(name, limit=100_000) or []
+        if length is not None and len(values) != length:
+            raise block.fail(name, f"must hold one share per class ({length})")
+        block.each(name, values, lambda item, value: _fraction(block, item, value))
+    for name in ("top1", "ece"):
+        block.number(name, minimum=0.0, maximum=1.0, optional=True)
     return dict(block.data)
 
 

@@ -118,6 +118,35 @@ def top_k(
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnswerOptions:
+    """What the caller asks for: how many classes, and how to decide (see :func:`answer`)."""
+
+    k: int = 5
+    threshold: float | None = None  # multi-label: one threshold for every class (else the artifact's)
+    min_confidence: float | None = None  # below it: an ancestor (with a taxonomy) or "unknown"
+    calibrated: bool = True  # False: raw scores, ignoring the artifact's fitted temperature
+    temperature: float | None = None  # override the artifact's temperature (None: the artifact's)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
+            raise ConfigError(f"k must be a positive integer, got {self.k!r}")
+        if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
+            raise ConfigError(f"min_confidence is a probability in [0, 1], got {self.min_confidence!r}")
+        if self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ConfigError(f"threshold is a probability in [0, 1], got {self.threshold!r}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature!r}")
+
+    def applied_to(self, decision: Decision) -> Decision:
+        """The artifact's decision with this call's temperature override (or without calibration)."""
+        from dataclasses import replace
+
+        if self.temperature is not None:
+            return replace(decision, temperature=self.temperature)
+        return decision if self.calibrated else replace(decision, temperature=1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     """How an artifact turns logits into answers; built from its manifest."""
 

@@ -95,6 +95,7 @@ class _Candidate:
     manifest: Manifest | None = None
     classifier: Any = None
     measured: Measured | None = None
+    logits: np.ndarray | None = None  # on the check images
 
 
 def tool_versions() -> dict[str, str]:
@@ -120,10 +121,13 @@ def export_artifacts(
     task: str = "single_label",
     onnx_exporter: str = "dynamo",
     search: SearchSettings | None = None,
+    taxonomy: Any = None,
 ) -> list[ExportedArtifact]:
     """Build, measure and choose every target; publish them together under ``out_dir``.
 
-    An explicit precision ships as ``<format>-<precision>/``, ``auto`` as ``<format>/``.
+    An explicit precision ships as ``<format>-<precision>/``, ``auto`` as ``<format>/``. Each
+    shipped artifact gets its own calibration fitted on the labelled check images (a temperature,
+    or per-class thresholds for multi-label models) and, with ``taxonomy``, the class hierarchy.
     """
     from .onnx_export import export_onnx
 
@@ -140,7 +144,7 @@ def export_artifacts(
         export_onnx(model, spec, labels, source, exporter=onnx_exporter)
         logger.info("exported ONNX in %.1fs", time.perf_counter() - started)
         context = _Context(source=source, work=work, spec=spec, labels=list(labels), task=task, model_name=model_name,
-                           reference=reference, calibration=calibration, search=search)
+                           reference=reference, calibration=calibration, search=search, taxonomy=taxonomy)
         results, publish = [], []
         for fmt, group in _by_format(targets).items():
             for artifact, staging in _export_format(context, fmt, group):
@@ -163,6 +167,7 @@ class _Context:
     reference: ReferenceSet
     calibration: CalibrationSet | None
     search: SearchSettings
+    taxonomy: Any = None  # edge_cls.taxonomy.Taxonomy
 
 
 def _by_format(targets: list[ExportTarget]) -> dict[str, list[ExportTarget]]:
@@ -241,7 +246,7 @@ def _build(ctx: _Context, recipe: Recipe) -> _Candidate:
 def _measure_accuracy(ctx: _Context, candidate: _Candidate) -> None:
     if candidate.classifier is None or candidate.measured is None:
         return
-    logits = candidate.classifier.logits(ctx.reference.batch)
+    logits = candidate.logits = candidate.classifier.logits(ctx.reference.batch)
     for key, value in score(logits, ctx.reference.logits, ctx.reference.targets).items():
         setattr(candidate.measured, key, value)
     candidate.measured.extra["mean_abs_logit_error"] = float(np.abs(logits - ctx.reference.logits).mean())
@@ -361,8 +366,35 @@ def _finalize(ctx: _Context, chosen: _Candidate, target: ExportTarget, selection
     manifest.search = search_table(selection, bar=ctx.search.bar, check_name=ref.name, check_images=len(ref.batch),
                                    requested=target.precision)
     manifest.accepted_drop = selection.accepted_drop
+    if chosen.logits is not None:
+        _calibrate(manifest, chosen.logits, ref)
+    manifest.taxonomy = ctx.taxonomy.to_dict() if ctx.taxonomy is not None else None
     manifest.save(staging)
     return staging
+
+
+def _calibrate(manifest: Manifest, logits: np.ndarray, ref: ReferenceSet) -> None:
+    """Fit the artifact's own calibration on the check images (held out from training and from
+    calibration): a temperature for single-label models, a threshold per class for multi-label ones;
+    and summarise its answers there, for drift checks on production data."""
+    from edge_cls.confidence import calibrate, class_thresholds
+    from edge_cls.monitor import summarize
+    from edge_cls.predictions import softmax
+
+    targets = ref.targets
+    if manifest.task == "multi_label":
+        if targets is not None and targets.ndim == 2:
+            manifest.calibration = {"method": "thresholds", "rule": "f1",
+                                    "thresholds": class_thresholds(logits, targets).tolist(),
+                                    "fitted_on": ref.name, "images": int(len(targets))}
+        return
+    temperature = 1.0
+    if targets is not None and targets.ndim == 1:
+        fit = calibrate(logits, targets, split=ref.name)
+        manifest.calibration = fit.to_dict()
+        temperature = fit.temperature
+    manifest.summary = summarize(softmax(logits, temperature), targets if targets is not None and targets.ndim == 1
+                                 else None, split=ref.name)
 
 
 def _publish_all(items: list[tuple[Path, Path]], work: Path) -> None:

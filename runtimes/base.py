@@ -24,7 +24,7 @@ import numpy as np
 from edge_cls.errors import ConfigError, EdgeClsError
 from edge_cls.integrity import ArtifactFiles
 from edge_cls.manifest import Manifest
-from edge_cls.predictions import Prediction, top_k
+from edge_cls.predictions import AnswerOptions, Decision, Prediction, answer
 from edge_cls.preprocess import ImageInput, PreprocessSpec
 
 from .streaming import ImageResult, Pipeline, ResultStream, check_top_k_options, classify_chunk, stream_results
@@ -68,6 +68,20 @@ class Backend(ABC):
         """Release the backend's resources."""
 
 
+def decision_for(manifest: Manifest) -> Decision:
+    """How the artifact's manifest says to turn logits into answers: its fitted temperature or
+    per-class thresholds, and its taxonomy."""
+    from edge_cls.taxonomy import Taxonomy
+
+    calibration = manifest.calibration or {}
+    return Decision(
+        task=manifest.task,
+        temperature=float(calibration.get("temperature", 1.0)) if calibration.get("method") == "temperature" else 1.0,
+        thresholds=tuple(calibration["thresholds"]) if calibration.get("method") == "thresholds" else None,
+        taxonomy=Taxonomy.from_mapping(manifest.taxonomy, manifest.labels) if manifest.taxonomy else None,
+    )
+
+
 class ClassifierClosedError(EdgeClsError, RuntimeError):
     """A classifier was used after :meth:`Classifier.close`."""
 
@@ -89,6 +103,7 @@ class Classifier:
         self.manifest = manifest
         self.path = path
         self.preprocess: Callable[[ImageInput], np.ndarray] = manifest.spec
+        self.decision = decision_for(manifest)
         self._state = threading.Condition()
         self._in_flight = 0
 
@@ -140,23 +155,27 @@ class Classifier:
         images: ImageInput | Sequence[ImageInput],
         k: int = 5,
         *,
-        threshold: float | None = None,
-        temperature: float = 1.0,
         batch_size: int = 32,
+        **answer: Any,
     ) -> list[Prediction] | list[list[Prediction]]:
         """Top-k predictions for one image, or a list of top-k lists for a list of images.
 
+        Scores are calibrated when the artifact carries a calibration (``calibrated=False`` for the
+        raw ones; ``raw_score`` has them either way). ``min_confidence=0.6`` puts an explicit
+        ``unknown`` answer (or, with a taxonomy, the finest ancestor that clears it) first when the
+        top class is below it. ``threshold`` and ``temperature`` override the artifact's.
         A list is read ``batch_size`` images at a time, so memory does not grow with its length.
         A bad image raises :class:`InvalidImageError`; use :meth:`predict_batch` to keep going.
         """
         self._check_open()
+        options = AnswerOptions(k=k, **answer)
         check_top_k_options(k, batch_size)
         if not isinstance(images, (list, tuple)):
-            return self._top_k(self.logits(self.preprocess(images)[None]), k, threshold, temperature)[0]
+            return self.answer(self.logits(self.preprocess(images)[None]), options)[0]
         results: list[list[Prediction]] = []
         for start in range(0, len(images), batch_size):
             batch = np.stack([self.preprocess(image) for image in images[start : start + batch_size]])
-            results += self._top_k(self.logits(batch), k, threshold, temperature)
+            results += self.answer(self.logits(batch), options)
         return results
 
     def predict_batch(
@@ -166,23 +185,23 @@ class Classifier:
         *,
         batch_size: int = 8,
         workers: int = 0,
-        threshold: float | None = None,
-        temperature: float = 1.0,
+        **answer: Any,
     ) -> list[ImageResult]:
         """Classify many images in batches; an image that cannot be read gets an error, the rest go on.
 
         ``workers`` > 0 decodes on that many threads while the backend runs (see :meth:`predict_stream`).
+        ``answer`` takes the options of :meth:`predict` (``min_confidence``, ``calibrated``, ...).
         """
         if workers == 0:
             self._check_open()
+            options = AnswerOptions(k=k, **answer)
             check_top_k_options(k, batch_size)
             items = list(images)
             results: list[ImageResult] = []
             for start in range(0, len(items), batch_size):
-                results += classify_chunk(self, items[start : start + batch_size], k, threshold, temperature)
+                results += classify_chunk(self, items[start : start + batch_size], options)
             return results
-        with self.predict_stream(images, k, batch_size=batch_size, workers=workers, threshold=threshold,
-                                 temperature=temperature) as stream:
+        with self.predict_stream(images, k, batch_size=batch_size, workers=workers, **answer) as stream:
             return list(stream)
 
     def predict_stream(
@@ -193,8 +212,7 @@ class Classifier:
         batch_size: int = 8,
         workers: int | None = None,
         prefetch: int | None = None,
-        threshold: float | None = None,
-        temperature: float = 1.0,
+        **answer: Any,
     ) -> ResultStream:
         """Classify an iterable of images, possibly endless, as a pipeline; results come in input order.
 
@@ -203,13 +221,14 @@ class Classifier:
         (default ``workers + backend.concurrency + 1``) are in flight, so memory stays flat on an endless
         iterator; the input is pulled only as results are consumed. An image that cannot be read
         gets an error in its :class:`ImageResult`; a backend failure raises. Closing the stream
-        (``with``, ``close()``, or dropping it) stops and joins its threads.
+        (``with``, ``close()``, or dropping it) stops and joins its threads. ``answer`` takes the
+        options of :meth:`predict`.
         """
         self._check_open()
+        options = AnswerOptions(k=k, **answer)
         check_top_k_options(k, batch_size)
         return ResultStream(stream_results(
-            self, images, k=k, threshold=threshold, temperature=temperature, batch_size=batch_size,
-            workers=workers, prefetch=prefetch,
+            self, images, options=options, batch_size=batch_size, workers=workers, prefetch=prefetch,
         ))
 
     def pipeline(self, *, workers: int | None = None, max_pending: int | None = None) -> Pipeline:
@@ -220,14 +239,14 @@ class Classifier:
         self._check_open()
         return Pipeline(self, workers=workers, max_pending=max_pending)
 
-    def top_k(
-        self, logits: np.ndarray, k: int = 5, *, threshold: float | None = None, temperature: float = 1.0
-    ) -> list[list[Prediction]]:
-        """Top-k predictions of each row of ``logits``, with this artifact's labels and task."""
-        return self._top_k(logits, k, threshold, temperature)
+    def top_k(self, logits: np.ndarray, k: int = 5, **answer: Any) -> list[list[Prediction]]:
+        """Top-k predictions of each row of ``logits``, with this artifact's labels, task and calibration."""
+        return self.answer(logits, AnswerOptions(k=k, **answer))
 
-    def _top_k(self, logits: np.ndarray, k: int, threshold: float | None, temperature: float) -> list[list[Prediction]]:
-        return top_k(logits, self.labels, k, task=self.manifest.task, temperature=temperature, threshold=threshold)
+    def answer(self, logits: np.ndarray, options: AnswerOptions) -> list[list[Prediction]]:
+        """The answers for each row of ``logits`` (see :func:`edge_cls.predictions.answer`)."""
+        return answer(logits, self.labels, options.k, decision=options.applied_to(self.decision),
+                      min_confidence=options.min_confidence, threshold=options.threshold)
 
     @contextmanager
     def _running(self) -> Iterator[Backend]:

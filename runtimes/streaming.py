@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_cls.errors import ConfigError, EdgeClsError, InvalidImageError
-from edge_cls.predictions import Prediction
+from edge_cls.predictions import AnswerOptions, Prediction
 from edge_cls.preprocess import ImageInput
 
 if TYPE_CHECKING:
@@ -100,14 +100,11 @@ def preprocess_chunk(preprocess: Callable[[ImageInput], np.ndarray], images: Seq
     return PreprocessedChunk([describe(image) for image in images], stacked, ok, errors)
 
 
-def finish_chunk(
-    classifier: Classifier, chunk: PreprocessedChunk, k: int, threshold: float | None, temperature: float
-) -> list[ImageResult]:
+def finish_chunk(classifier: Classifier, chunk: PreprocessedChunk, options: AnswerOptions) -> list[ImageResult]:
     """Run the backend on a preprocessed chunk (its failures propagate) and pair predictions with images."""
     results: list[ImageResult | None] = [None] * len(chunk.sources)
     if chunk.tensors is not None:
-        predictions = classifier.top_k(classifier.logits(chunk.tensors), k, threshold=threshold,
-                                       temperature=temperature)
+        predictions = classifier.answer(classifier.logits(chunk.tensors), options)
         for position, preds in zip(chunk.ok, predictions):
             results[position] = ImageResult(chunk.sources[position], preds)
     for position, error in chunk.errors.items():
@@ -115,11 +112,9 @@ def finish_chunk(
     return results  # type: ignore[return-value]  # every position was filled
 
 
-def classify_chunk(
-    classifier: Classifier, images: Sequence[ImageInput], k: int, threshold: float | None, temperature: float
-) -> list[ImageResult]:
+def classify_chunk(classifier: Classifier, images: Sequence[ImageInput], options: AnswerOptions) -> list[ImageResult]:
     """Preprocess and classify one batch in the calling thread."""
-    return finish_chunk(classifier, preprocess_chunk(classifier.preprocess, images), k, threshold, temperature)
+    return finish_chunk(classifier, preprocess_chunk(classifier.preprocess, images), options)
 
 
 def default_workers() -> int:
@@ -152,12 +147,13 @@ class Pipeline:
         self._closed = False
 
     def submit(
-        self, images: Sequence[ImageInput], k: int = 5, *, threshold: float | None = None, temperature: float = 1.0,
-        block: bool = True, timeout: float | None = None,
+        self, images: Sequence[ImageInput], k: int = 5, *, options: AnswerOptions | None = None,
+        block: bool = True, timeout: float | None = None, **answer: Any,
     ) -> Future[list[ImageResult]]:
         """Queue one batch. When ``max_pending`` batches are unfinished, wait for a free place
-        (``block``, up to ``timeout`` s) or raise :class:`PipelineFullError`."""
-        check_top_k_options(k)
+        (``block``, up to ``timeout`` s) or raise :class:`PipelineFullError`. ``options`` (or the
+        keyword arguments of :class:`~edge_cls.predictions.AnswerOptions`) say what to answer."""
+        options = options or AnswerOptions(k=k, **answer)
         if self._closed:
             raise PipelineFullError("the pipeline is closed")
         acquired = self._slots.acquire(timeout=timeout) if block else self._slots.acquire(blocking=False)
@@ -170,10 +166,10 @@ class Pipeline:
         except RuntimeError:  # shut down between the check and here
             result.cancel()
             raise PipelineFullError("the pipeline is closed") from None
-        read.add_done_callback(partial(self._preprocessed, result, (k, threshold, temperature)))
+        read.add_done_callback(partial(self._preprocessed, result, options))
         return result
 
-    def _preprocessed(self, result: Future, options: tuple[Any, ...], read: Future) -> None:
+    def _preprocessed(self, result: Future, options: AnswerOptions, read: Future) -> None:
         if read.cancelled():
             result.cancel()
             return
@@ -187,9 +183,9 @@ class Pipeline:
         except RuntimeError as e:  # the runners were shut down: only after every reader finished
             result.set_exception(e)
 
-    def _run(self, result: Future, chunk: PreprocessedChunk, options: tuple[Any, ...]) -> None:
+    def _run(self, result: Future, chunk: PreprocessedChunk, options: AnswerOptions) -> None:
         try:
-            result.set_result(finish_chunk(self.classifier, chunk, *options))
+            result.set_result(finish_chunk(self.classifier, chunk, options))
         except BaseException as e:  # handed to whoever waits on the future
             result.set_exception(e)
 
@@ -207,14 +203,14 @@ class Pipeline:
 
 
 def stream_results(
-    classifier: Classifier, images: Iterable[ImageInput], *, k: int, threshold: float | None, temperature: float,
-    batch_size: int, workers: int | None, prefetch: int | None,
+    classifier: Classifier, images: Iterable[ImageInput], *, options: AnswerOptions, batch_size: int,
+    workers: int | None, prefetch: int | None,
 ) -> Iterator[ImageResult]:
     """The generator behind :meth:`Classifier.predict_stream`; ``workers=0`` runs in the caller's thread."""
     iterator = iter(images)
     if workers == 0:
         while chunk := list(islice(iterator, batch_size)):
-            yield from classify_chunk(classifier, chunk, k, threshold, temperature)
+            yield from classify_chunk(classifier, chunk, options)
         return
     with Pipeline(classifier, workers=workers, max_pending=prefetch) as pipeline:
         pending: deque[Future[list[ImageResult]]] = deque()
@@ -224,7 +220,7 @@ def stream_results(
                 chunk = list(islice(iterator, batch_size))
                 exhausted = len(chunk) < batch_size
                 if chunk:
-                    pending.append(pipeline.submit(chunk, k, threshold=threshold, temperature=temperature))
+                    pending.append(pipeline.submit(chunk, options=options))
             if not pending:
                 return
             yield from pending.popleft().result()

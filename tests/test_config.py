@@ -95,3 +95,10 @@ def test_a_flag_can_switch_off_what_the_file_switched_on(tmp_path):
     assert config.teacher_pretrained is False and config.distill.cache_teacher is False
     kept = resolve_build_config(build_parser().parse_args(["distill", "--config", str(path)]))
     assert kept.teacher_pretrained is True and kept.distill.cache_teacher is True
+
+
+def test_a_config_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"student: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="not readable UTF-8"):
+        read_config_file(path)

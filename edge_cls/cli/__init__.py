@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from ..errors import EdgeClsError
 
@@ -74,6 +75,9 @@ class _KnownNoise(logging.Filter):
 
 
 def _setup_logging(verbose: bool) -> None:
+    # Pillow warns about images over 89 MP before edge-cls refuses them (from the header, with one
+    # error line): the warning would only add two lines of noise to that error.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_KnownNoise())

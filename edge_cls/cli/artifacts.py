@@ -18,13 +18,9 @@ EXIT_ERROR = 1
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("predict", help="top-k predictions of an artifact for image files")
-    p.add_argument("artifact", type=Path, help="an artifact directory (holds manifest.json)")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
-    options.add(p, "topk", default=5, note="default: 5")
-    options.add(p, "batch_size", default=8, note="default: 8")
-    options.add_all(p, "backend", "json")
-    p.set_defaults(func=_cmd_predict)
+    from . import predict
+
+    predict.add_parsers(sub)
 
     bench = sub.add_parser("bench", help="latency, throughput, size (and accuracy) of artifacts")
     bench.add_argument("artifacts", nargs="+", type=Path, help="artifact directories")
@@ -32,7 +28,7 @@ def add_parsers(sub: Any) -> None:
     options.add(bench, "split", default="test", note="default: test")
     options.add(bench, "bench_iterations", default=100, note="default: 100")
     options.add(bench, "batch_size", default=8, note="throughput batch; default: 8")
-    options.add(bench, "images", note="e.g. 500 JPEGs from the camera")
+    options.add(bench, "images", note="times file -> top-5 answers: a plain loop against the pipelined path")
     options.add(bench, "cold_start", default=True, note="default: yes")
     options.add(bench, "benchmark_app", default=True, note="default: yes, where OpenVINO is installed")
     options.add(bench, "workers", note="of the pipelined path; default: one per CPU, up to 4")
@@ -55,27 +51,6 @@ def add_parsers(sub: Any) -> None:
     info.add_argument("artifact", type=Path, help="an artifact directory (holds manifest.json)")
     options.add(info, "json")
     info.set_defaults(func=_cmd_info)
-
-
-def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..runtimes import load
-
-    backend = {"backend": args.backend} if args.backend else {}
-    with load(args.artifact, **backend) as classifier:
-        results = classifier.predict_batch([str(p) for p in args.images], k=args.topk, batch_size=args.batch_size)
-    failed = [r for r in results if not r.ok]
-    if args.json:
-        print(json.dumps([
-            {"image": r.source, "predictions": [p.to_dict() for p in r.predictions],
-             **({"error": str(r.error)} if r.error else {})} for r in results
-        ], indent=2))
-    else:
-        for r in results:
-            if r.ok:
-                print(f"{r.source}: " + ", ".join(f"{p.label} ({p.score:.3f})" for p in r.predictions))
-    for r in failed:
-        print(f"edge-cls: error: {r.error}", file=sys.stderr)
-    return EXIT_ERROR if failed else 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ def add_parser(sub: Any) -> None:
     options.add(e, "output", note="one sub-directory per artifact")
     options.add(e, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
     options.add(e, "precisions", default=["auto"], note="default: auto")
-    options.add_all(e, "max_drop", "accept_drop", "recipes")
+    options.add_all(e, "max_drop", "accept_drop", "recipes", "taxonomy")
     e.set_defaults(func=run_export)
 
     z = sub.add_parser(
@@ -46,7 +46,7 @@ def add_parser(sub: Any) -> None:
     options.add(z, "output", note="one sub-directory per artifact")
     options.add(z, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
     options.add(z, "precisions", default=["auto"], note="default: auto")
-    options.add_all(z, "max_drop", "accept_drop", "recipes")
+    options.add_all(z, "max_drop", "accept_drop", "recipes", "taxonomy")
     z.set_defaults(func=run_zero_shot)
 
 
@@ -100,14 +100,16 @@ def _check_export_args(args: argparse.Namespace, resolve_targets: Any) -> list:
 def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec: Any, labels: list[str],
                        name: str) -> int:
     from ..export import AccuracyBar, SearchSettings, export_artifacts
+    from ..taxonomy import Taxonomy
 
+    taxonomy = Taxonomy.from_file(args.taxonomy, labels) if args.taxonomy else None
     calibrate = any(t.needs_calibration for t in targets)
     calibration, reference = _calibration_and_check(args, model, spec, labels, calibrate=calibrate)
     bar = AccuracyBar() if args.max_drop is None else AccuracyBar(max_drop=args.max_drop)
     search = SearchSettings(bar=bar, accept_drop=bool(args.accept_drop),
                             only=tuple(args.recipes) if args.recipes else None)
     exported = export_artifacts(model, spec, labels, args.output, targets, reference=reference,
-                                calibration=calibration, model_name=name, search=search)
+                                calibration=calibration, model_name=name, search=search, taxonomy=taxonomy)
     for artifact in exported:
         m = artifact.manifest
         accuracy = f", top-1 {100 * m.accuracy['top1']:.1f}%" if m.accuracy else ""

@@ -306,6 +306,9 @@ VOCABULARY: dict[str, Flag] = {
     ),
     "templates": Flag(("--templates",), "prompt templates, one per line with {} for the class name "
                       "(default: 8 of CLIP's ImageNet templates)", kwargs={"type": Path, "metavar": "FILE"}),
+    "taxonomy": Flag(("--taxonomy",), "class hierarchy to store in the artifacts: a parent per class (YAML or JSON "
+                     "{class: parent}, or CSV class,parent); answers roll up to ancestors",
+                     kwargs={"type": Path, "metavar": "FILE"}),
     # running artifacts
     "topk": Flag(("-k", "--topk"), "classes per image", aliases=("--top-k",), kwargs={"type": COUNT}),
     "backend": Flag(
@@ -316,9 +319,21 @@ VOCABULARY: dict[str, Flag] = {
     "json": Flag(("--json",), "machine-readable output", kwargs={"action": "store_true"}),
     "images": Flag(
         ("--images",),
-        "folder of image files: also time file -> top-5 answers, a plain loop against the pipelined path",
+        "a folder of image files (sub-folders named like the artifact's labels make them labelled)",
         kwargs={"type": Path, "metavar": "DIR"},
     ),
+    "min_confidence": Flag(
+        ("--min-confidence",),
+        "answer 'unknown' (or, with a taxonomy, the finest ancestor that clears it) when the top class's "
+        "calibrated probability is below this",
+        kwargs={"type": _float_in(0.0, 1.0), "metavar": "P"},
+    ),
+    "raw_scores": Flag(("--raw-scores",), "scores before the artifact's calibration (default: calibrated)",
+                       kwargs={"action": "store_true"}),
+    "jsonl": Flag(("--jsonl",), "one JSON object per image per line, as results come (for pipelines)",
+                  kwargs={"action": "store_true"}),
+    "recursive": Flag(("-r", "--recursive"), "look for images in sub-folders of the folders given",
+                      kwargs={"action": "store_true"}),
     "cold_start": Flag(
         ("--cold-start",), "also time a fresh process from start to first answer, and its peak memory", kwargs=BOOL
     ),

@@ -85,6 +85,10 @@ def start_run(config: BuildConfig, ctx: DistContext) -> dict[str, Split]:
     """Check the config, load the data and write the resolved config: what every command does first."""
     _check_before_training(config)
     splits = dataset_splits(config, ctx)
+    if config.taxonomy is not None:  # a bad taxonomy file fails now, not after training
+        from ..taxonomy import Taxonomy
+
+        Taxonomy.from_file(config.taxonomy, splits["train"].classes)
     if ctx.is_main:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(config.out_dir) / "config.yaml", dump_yaml(config))

@@ -23,12 +23,14 @@ import torch
 from .._fileio import write_json_atomic, write_text_atomic
 from ..benchmark import BenchResult, bench_artifact, measure
 from ..calibration_data import CalibrationSet
+from ..confidence_report import confidence_section
 from ..config import BuildConfig
 from ..data import Split, preprocess_split
 from ..export import AccuracyBar, ReferenceSet, SearchSettings, export_artifacts, resolve_targets, tool_versions
 from ..export.artifacts import ExportedArtifact
 from ..export.search import search_markdown
 from ..report import machine_description, markdown_table, plot_accuracy_latency, text_table
+from ..taxonomy import Taxonomy
 from .distill import DistillOutcome, StageClock, run_distill
 
 logger = logging.getLogger(__name__)
@@ -56,10 +58,12 @@ def build(config: BuildConfig) -> BuildResult | None:
     clock.lap("export")
     rows = _benchmark(config, outcome, exported)
     clock.lap("benchmark")
+    test_batch, test_targets = preprocess_split(outcome.splits["test"], outcome.student.spec)
+    confidence = confidence_section(Path(config.out_dir), [a.path for a in exported], test_batch, test_targets)
     teacher = outcome.teacher
     teacher_source = (f"loaded from `{config.teacher_weights}`" if teacher.seconds == 0 and config.teacher_weights
                       else f"trained here for {config.teacher_train.epochs} epochs")
-    report = _write_report(out, config, rows, clock.seconds, exported, outcome.splits, teacher_source)
+    report = _write_report(out, config, rows, clock.seconds, exported, outcome.splits, teacher_source, confidence)
     return BuildResult(rows, clock.seconds, report, text_table(rows))
 
 
@@ -69,7 +73,7 @@ def _export(config: BuildConfig, outcome: DistillOutcome, targets: list) -> list
     student, splits = outcome.student, outcome.splits
     spec = student.spec
     val_batch, val_targets = preprocess_split(splits["val"], spec)
-    check = ReferenceSet.from_model(student.model, val_batch, None if outcome.multi_label else val_targets, name="val")
+    check = ReferenceSet.from_model(student.model, val_batch, val_targets, name="val")
     calibration = CalibrationSet.from_split(
         splits["train"], spec, size=config.calibration_size, cache_dir=Path(config.out_dir) / "cache",
         augment_to=config.calibration_size if config.calib_augment else 0,
@@ -80,6 +84,7 @@ def _export(config: BuildConfig, outcome: DistillOutcome, targets: list) -> list
         student.model, spec, outcome.classes, Path(config.out_dir) / "artifacts", targets, reference=check,
         calibration=calibration, model_name=config.student, onnx_exporter=config.onnx_exporter,
         task="multi_label" if outcome.multi_label else "single_label", search=search,
+        taxonomy=Taxonomy.from_file(config.taxonomy, outcome.classes) if config.taxonomy else None,
     )
 
 
@@ -124,7 +129,7 @@ def _bench_torch(
 
 def _write_report(
     out: Path, config: BuildConfig, rows: list[BenchResult], stages: dict[str, float],
-    exported: list[ExportedArtifact], splits: dict[str, Split], teacher_source: str,
+    exported: list[ExportedArtifact], splits: dict[str, Split], teacher_source: str, confidence: list[str],
 ) -> Path:
     plot = plot_accuracy_latency(rows, out / "accuracy_latency.png",
                                  title=f"{config.student} distilled from {config.teacher}")
@@ -141,6 +146,7 @@ def _write_report(
         "speeds there.", "",
         markdown_table(rows), "",
         *_search_section(exported),
+        *confidence,
         "## Stage wall times", "",
         "| stage | seconds |", "|---|---|",
         *[f"| {name} | {seconds:.1f} |" for name, seconds in stages.items()],
