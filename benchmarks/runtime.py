@@ -10,8 +10,9 @@ give the median and the min-max over rounds.
     python benchmarks/runtime.py [--models mobilenetv3_small_100:64 mobilenetv3_large_100:224]
         [--images 500] [--rounds 3] [--preprocess module:factory]
 
-``--preprocess module:factory`` measures another image -> tensor path: ``factory(spec)`` returns
-the callable (e.g. the fast decoding path once it lands); compute-only figures are unchanged.
+``--preprocess fast`` measures edge-cls's fast image path (``spec(image, fast=True)``),
+``--preprocess module:factory`` any other image -> tensor path (``factory(spec)`` returns the
+callable); compute-only figures are unchanged.
 Writes benchmarks/results/runtime.{md,json}; artifacts and images are kept in build/runtime_bench.
 """
 
@@ -68,7 +69,7 @@ def build_artifacts(name: str, size: int, images: list[Path]) -> dict[str, Path]
     if all((out / a / "manifest.json").is_file() for a in ARTIFACTS):
         return {a: out / a for a in ARTIFACTS}
     from edge_cls.calibration_data import CalibrationSet
-    from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
+    from edge_cls.export import ReferenceSet, SearchSettings, export_artifacts, resolve_targets
     from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
 
     model = create_model(ModelRecipe(name=name, num_classes=1000)).eval()
@@ -78,6 +79,8 @@ def build_artifacts(name: str, size: int, images: list[Path]) -> dict[str, Path]
         model, spec, [f"class {i}" for i in range(1000)], out, resolve_targets(["onnx", "openvino"], ["fp32", "int8"]),
         reference=ReferenceSet.from_model(model, batch),
         calibration=CalibrationSet.from_folder(images[0].parent, spec, size=64), model_name=name,
+        # random weights: INT8 is here for speed only, so its (meaningless) accuracy drop is accepted
+        search=SearchSettings(accept_drop=True, only=("ort-qdq-u8s8", "ov-nncf-performance")),
     )
     return {a.target.name: a.path for a in exported}
 
@@ -85,6 +88,8 @@ def build_artifacts(name: str, size: int, images: list[Path]) -> dict[str, Path]
 def preprocess_factory(text: str | None):
     if not text:
         return None
+    if text == "fast":  # edge_cls.preprocess's fast path: reduced JPEG decode, one resize to the crop
+        return lambda spec: (lambda image: spec(image, fast=True))
     module, function = text.split(":")
     return getattr(importlib.import_module(module), function)
 

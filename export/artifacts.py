@@ -38,6 +38,8 @@ from .search import AUTO, AccuracyBar, Measured, Selection, score, search_table,
 logger = logging.getLogger(__name__)
 
 TOOLS = ("edge-cls", "torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "onnxslim", "tensorrt")
+WORK_PREFIX = ".edge-cls-export-"  # the work directory inside the output directory (same file system: renames)
+OWNER_FILE = "owner.pid"
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,9 @@ def export_artifacts(
         raise ExportError("INT8 targets need a calibration set (a folder of representative images)")
     _refuse_foreign_destinations(out_dir, targets)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".edge-cls-export-", dir=out_dir))
+    _remove_abandoned_work(out_dir)
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=out_dir))
+    (work / OWNER_FILE).write_text(str(os.getpid()))
     try:
         source = work / "model.onnx"
         started = time.perf_counter()
@@ -419,6 +423,23 @@ def _publish_all(items: list[tuple[Path, Path]], work: Path) -> None:
         for backup, dest in moved_old:
             os.replace(backup, dest)
         raise
+
+
+def _remove_abandoned_work(out_dir: Path) -> None:
+    """A killed export leaves its work directory behind: remove those whose process is gone (ours
+    by name and by the owner file; a live export's is left alone)."""
+    for work in out_dir.glob(f"{WORK_PREFIX}*"):
+        try:
+            owner = int((work / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not clearly ours: leave it
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            logger.info("removing %s, left by an export that did not finish", work)
+            shutil.rmtree(work, ignore_errors=True)
+        except PermissionError:
+            continue  # someone else's live process
 
 
 def _refuse_foreign_destinations(out_dir: Path, targets: list[ExportTarget]) -> None:

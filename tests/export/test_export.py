@@ -207,3 +207,23 @@ def test_a_graph_onnxslim_would_break_is_kept_as_exported(tmp_path, caplog):
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": batch})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
     assert "onnxslim changed what the graph computes" in caplog.text
+
+
+def test_work_left_by_a_killed_export_is_removed_and_nothing_else(student, reference, tmp_path):
+    import subprocess
+
+    checkpoint, model = student
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process id that no longer runs
+    abandoned = tmp_path / ".edge-cls-export-old"
+    abandoned.mkdir()
+    (abandoned / "owner.pid").write_text(str(gone.pid))
+    live = tmp_path / ".edge-cls-export-live"
+    live.mkdir()
+    (live / "owner.pid").write_text(str(__import__("os").getpid()))
+    unknown = tmp_path / ".edge-cls-export-unknown"
+    unknown.mkdir()
+    export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path, resolve_targets(["onnx"], ["fp32"]),
+                     reference=reference, onnx_exporter="torchscript")
+    assert not abandoned.exists() and live.exists() and unknown.exists()
+    assert (tmp_path / "onnx-fp32" / "manifest.json").is_file()
