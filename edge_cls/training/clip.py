@@ -120,7 +120,8 @@ def zero_shot_classifier(model_name: str, pretrained: str | Path | None, classes
     model, tokenizer = load_clip(model_name, pretrained)
     spec = spec_for_clip(model)
     head = text_head(model, tokenizer, classes, templates)
-    return ZeroShotClassifier(model.visual, head, float(model.logit_scale.exp()), spec).eval(), spec
+    scale = float(model.logit_scale.detach().exp())
+    return ZeroShotClassifier(model.visual, head, scale, spec).eval(), spec
 
 
 def read_templates(path: Path | None) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .._fileio import write_json_atomic, write_text_atomic
+from .._fileio import atomic_path, write_json_atomic, write_text_atomic
 from ..config import BuildConfig, dump_yaml, to_plain
 from ..data import Split, load_splits, write_demo_dataset
 from ..errors import CheckpointError, ConfigError
@@ -29,9 +29,12 @@ from ..evaluate import Evaluation, comparison_table, evaluate_logits, plot_confu
 from .checkpoints import Checkpoint
 from .distributed import DistContext, init_from_env
 from .models import ModelRecipe, create_model, load_backbone_weights, model_kwargs, spec_for_model
+from .pseudo_labels import is_unlabelled_root, pseudo_labelled_splits
 from .stage import StageModel, StagePaths, Trained, split_logits, train_stage
 
 logger = logging.getLogger(__name__)
+
+CLIP_PREFIX = "clip:"  # --kd-model-name clip:ViT-B-32: a CLIP zero-shot teacher over the classes' names
 
 
 @dataclass
@@ -68,17 +71,44 @@ class StageClock:
 
 
 def dataset_splits(config: BuildConfig, ctx: DistContext) -> dict[str, Split]:
-    """The user's dataset, or the bundled demo set written (by rank 0) to ``<out>/data``."""
+    """The user's dataset (labelled, or unlabelled and labelled by the teacher), or the bundled demo
+    set written (by rank 0) to ``<out>/data``."""
     if config.data_dir is not None:
         if not Path(config.data_dir).is_dir():
             raise ConfigError(f"data {config.data_dir} is not a directory: pass a root with train/ val/ test/ "
-                              "ImageFolders or train.csv/val.csv/test.csv")
+                              "ImageFolders or train.csv/val.csv/test.csv, or a folder of images with classes.txt")
+        if is_unlabelled_root(Path(config.data_dir)):
+            return _teacher_labelled(config, ctx)
         return load_splits(config.data_dir)
     demo = Path(config.out_dir) / "data"
     if ctx.is_main:
         write_demo_dataset(demo)  # one writer; the other ranks wait at the barrier
     ctx.barrier()
     return load_splits(demo)
+
+
+def _teacher_labelled(config: BuildConfig, ctx: DistContext) -> dict[str, Split]:
+    from ..data import _read_classes
+
+    classes = _read_classes(Path(config.data_dir) / "classes.txt")
+    knows = config.teacher.startswith(CLIP_PREFIX) or (
+        config.teacher_weights is not None and _edge_checkpoint(Path(config.teacher_weights)) is not None)
+    if not knows:
+        raise ConfigError(f"{config.data_dir} has no labels: the teacher must already know its classes, e.g. "
+                          "--kd-model-name clip:ViT-B-32 (with --teacher-weights), or --teacher-weights of an "
+                          "edge-cls checkpoint trained on them")
+    teacher = prepare_teacher(config, {"train": _ClassesOnly(classes)}, ctx, label_only=True)
+    return pseudo_labelled_splits(Path(config.data_dir), teacher.model, teacher.spec, Path(config.out_dir),
+                                  write=ctx.is_main)
+
+
+class _ClassesOnly:
+    """The one thing the teacher needs from a split it labels itself: the class names."""
+
+    multi_label = False
+
+    def __init__(self, classes: list[str]) -> None:
+        self.classes = classes
 
 
 def start_run(config: BuildConfig, ctx: DistContext) -> dict[str, Split]:
@@ -149,18 +179,22 @@ def _check_before_training(config: BuildConfig) -> None:
 
 
 def prepare_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistContext, *,
-                    paths: StagePaths | None = None) -> Trained:
+                    paths: StagePaths | None = None, label_only: bool = False) -> Trained:
     """Load the teacher, and fine-tune it on the labels unless its weights already fit the classes
-    (``teacher_finetune`` True forces fine-tuning, False forbids it)."""
+    (``teacher_finetune`` True forces fine-tuning, False forbids it). ``clip:<model>`` is a CLIP
+    zero-shot classifier over the classes' names (never fine-tuned). ``label_only``: the teacher
+    is wanted to label unlabelled data, so it must know the classes as it is."""
     paths = paths or StagePaths.in_build(Path(config.out_dir), "teacher")
     classes = splits["train"].classes
+    if config.teacher.startswith(CLIP_PREFIX):
+        return _clip_teacher(config, classes, paths, ctx)
     weights = Path(config.teacher_weights) if config.teacher_weights else None
     checkpoint = _edge_checkpoint(weights) if weights is not None else None
     if checkpoint is not None:
         if checkpoint.labels == classes and not config.teacher_finetune:
             logger.info("teacher: %s from %s", checkpoint.recipe.name, weights)
             return Trained("teacher", checkpoint.build(), checkpoint.recipe, checkpoint.spec, weights)
-        if checkpoint.labels != classes and config.teacher_finetune is False:
+        if checkpoint.labels != classes and (config.teacher_finetune is False or label_only):
             raise ConfigError(
                 f"teacher checkpoint {weights} predicts {checkpoint.labels[:5]}... ({len(checkpoint.labels)} classes), "
                 f"not this dataset's {len(classes)} classes; allow fine-tuning (drop --no-teacher-finetune)")
@@ -188,6 +222,24 @@ def prepare_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistCont
     if ctx.is_main:
         Checkpoint.from_model(model.eval(), recipe, spec, classes).save(paths.checkpoint)
     return Trained("teacher", model.eval(), recipe, spec, paths.checkpoint)
+
+
+def _clip_teacher(config: BuildConfig, classes: list[str], paths: StagePaths, ctx: DistContext) -> Trained:
+    """A CLIP zero-shot classifier over the classes' names; its weights: ``teacher_weights`` (a hub
+    tag or a local file)."""
+    from .clip import zero_shot_classifier
+
+    name = config.teacher[len(CLIP_PREFIX):]
+    if config.teacher_finetune:
+        raise ConfigError("a CLIP teacher is used zero-shot: drop --teacher-finetune")
+    torch.manual_seed(config.teacher_train.seed)  # without weights, the same random tower every time it is built
+    model, spec = zero_shot_classifier(name, str(config.teacher_weights) if config.teacher_weights else None, classes)
+    if ctx.is_main:
+        paths.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(paths.checkpoint) as tmp:
+            torch.save(model.state_dict(), tmp)  # the exact teacher, for the record (rebuilt from text on resume)
+    recipe = ModelRecipe(name=config.teacher, num_classes=len(classes))
+    return Trained("teacher", model, recipe, spec, paths.checkpoint)
 
 
 def _with_backbone(recipe: ModelRecipe, weights: Path) -> torch.nn.Module:

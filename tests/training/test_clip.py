@@ -72,3 +72,43 @@ def test_zero_shot_artifact_end_to_end(tiny_clip, digits_root, tmp_path, test_im
         logits = clf.logits(batch)
         assert [p.label for p in clf.predict(test_images[0], k=3)] == [CLASSES[i] for i in np.argsort(-logits[0])[:3]]
     assert manifest.parity["top1_agreement"] == 1.0 and manifest.parity["max_abs_logit_error"] < 1e-3
+
+
+def test_a_clip_teacher_labels_unlabelled_images_and_distils(tiny_clip, digits_root, tmp_path):
+    """No labels at all: CLIP answers for every image once (its top-1 is the label), the student
+    distils from it, and the labels are kept in pseudo_labels.csv."""
+    import csv
+
+    from edge_cls.config import BuildConfig, TrainConfig
+    from edge_cls.training.distill import run_distill
+
+    root = tmp_path / "unlabelled"
+    (root / "shots").mkdir(parents=True)
+    for i, path in enumerate(sorted((digits_root / "train").rglob("*.png"))[::2]):
+        (root / "shots" / f"{i:04d}.png").write_bytes(path.read_bytes())
+    (root / "classes.txt").write_text("\n".join(CLASSES))
+    torch.manual_seed(0)
+    config = BuildConfig(out_dir=tmp_path / "out", data_dir=root, teacher=f"clip:{tiny_clip}",
+                         student="test_efficientnet", input_size=32, compare_alone=False,
+                         student_train=TrainConfig(epochs=1, batch_size=16, lr=5e-3))
+    outcome = run_distill(config)
+    rows = list(csv.DictReader((tmp_path / "out" / "pseudo_labels.csv").open()))
+    assert len(rows) == 120 and {r["split"] for r in rows} == {"train", "val", "test"}
+    assert {r["label"] for r in rows} <= set(CLASSES)
+    teacher_eval = outcome.evaluations[0]
+    assert teacher_eval.metrics["top1"] == 1.0  # the teacher agrees with its own labels: the figures are agreement
+    assert outcome.student.checkpoint.is_file() and outcome.teacher.recipe.name == f"clip:{tiny_clip}"
+
+
+def test_unlabelled_data_needs_a_teacher_that_knows_the_classes(digits_root, tmp_path):
+    from edge_cls.config import BuildConfig
+    from edge_cls.training.distill import run_distill
+
+    root = tmp_path / "unlabelled"
+    root.mkdir()
+    for i, path in enumerate(sorted((digits_root / "val").rglob("*.png"))[:12]):
+        (root / f"{i}.png").write_bytes(path.read_bytes())
+    (root / "classes.txt").write_text("\n".join(CLASSES))
+    with pytest.raises(ConfigError, match="has no labels: the teacher must already know its classes"):
+        run_distill(BuildConfig(out_dir=tmp_path / "o", data_dir=root, teacher="test_vit", student="test_efficientnet",
+                                input_size=32))
