@@ -164,7 +164,9 @@ def comparison_table(evaluations: Sequence[Evaluation]) -> str:
 def _fmt(metric: str, value: float | None) -> str:
     if value is None or not np.isfinite(value):
         return "-"
-    return f"{value:.4f}" if metric == "ece" else f"{100 * value:.1f}%"
+    if metric == "temperature":
+        return f"{value:.3f}"
+    return f"{value:.4f}" if metric.startswith("ece") else f"{100 * value:.1f}%"
 
 
 def plot_confusion(evaluation: Evaluation, classes: Sequence[str], path: str | os.PathLike[str]) -> Path | None:

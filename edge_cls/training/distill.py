@@ -22,10 +22,12 @@ from pathlib import Path
 import torch
 
 from .._fileio import atomic_path, write_json_atomic, write_text_atomic
+from ..confidence import fit_temperature, plot_reliability
 from ..config import BuildConfig, dump_yaml, to_plain
 from ..data import Split, load_splits, write_demo_dataset
 from ..errors import CheckpointError, ConfigError
-from ..evaluate import Evaluation, comparison_table, evaluate_logits, plot_confusion
+from ..evaluate import Evaluation, comparison_table, evaluate_logits, expected_calibration_error, plot_confusion
+from ..predictions import softmax
 from .checkpoints import Checkpoint
 from .distributed import DistContext, init_from_env
 from .models import ModelRecipe, create_model, load_backbone_weights, model_kwargs, spec_for_model
@@ -280,10 +282,19 @@ def write_evaluation(out: Path, models: list[Trained], splits: dict[str, Split])
     """Every model on the test split, side by side: evaluation.md/.json and a confusion PNG each."""
     classes = splits["train"].classes
     evaluations = []
+    pictures = []
     for trained in models:
         logits, targets = split_logits(trained.model, splits["test"], trained.spec)  # batch by batch
-        evaluations.append(evaluate_logits(logits, targets, classes, name=f"{trained.name} ({trained.recipe.name})"))
-    pictures = []
+        evaluation = evaluate_logits(logits, targets, classes, name=f"{trained.name} ({trained.recipe.name})")
+        if targets.ndim == 1:  # temperature fitted on the validation split, judged on the test split
+            temperature = fit_temperature(*split_logits(trained.model, splits["val"], trained.spec))
+            evaluation.metrics["temperature"] = temperature
+            evaluation.metrics["ece_calibrated"] = expected_calibration_error(softmax(logits, temperature), targets)
+            if trained.name == "student":
+                png = plot_reliability(logits, targets, temperature, out / "reliability_student.png",
+                                       title="distilled student, test split: raw and temperature-scaled")
+                pictures += [f"![reliability]({png.name})"] if png else []
+        evaluations.append(evaluation)
     for trained, evaluation in zip(models, evaluations):
         png = plot_confusion(evaluation, classes, out / f"confusion_{trained.name}.png")
         if png:
@@ -291,7 +302,8 @@ def write_evaluation(out: Path, models: list[Trained], splits: dict[str, Split])
     text = "\n".join([
         "# Evaluation on the test split", "",
         f"{len(splits['test'])} images, {len(classes)} classes. ECE: expected calibration error of the top-1 "
-        "confidence (15 bins; lower is better). Per-class recall = per-class accuracy.", "",
+        "confidence (15 bins; lower is better); ece_calibrated: the same after temperature scaling fitted on the "
+        "validation split (what the artifacts apply). Per-class recall = per-class accuracy.", "",
         comparison_table(evaluations), "", *pictures,
     ])
     write_text_atomic(out / "evaluation.md", text + "\n")
