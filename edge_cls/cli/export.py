@@ -109,7 +109,8 @@ def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec
     search = SearchSettings(bar=bar, accept_drop=bool(args.accept_drop),
                             only=tuple(args.recipes) if args.recipes else None)
     exported = export_artifacts(model, spec, labels, args.output, targets, reference=reference,
-                                calibration=calibration, model_name=name, search=search, taxonomy=taxonomy)
+                                calibration=calibration, model_name=name, search=search, taxonomy=taxonomy,
+                                task=getattr(args, "task", "single_label"))
     for artifact in exported:
         m = artifact.manifest
         accuracy = f", top-1 {100 * m.accuracy['top1']:.1f}%" if m.accuracy else ""
@@ -137,6 +138,7 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:
 
     if args.checkpoint:
         checkpoint = Checkpoint.load(args.checkpoint)
+        args.task = checkpoint.metrics.get("task", "single_label")  # a multi-label model exports as one
         return checkpoint.build(), checkpoint.spec, checkpoint.labels, checkpoint.recipe.name
     if args.weights is None and not args.pretrained:
         raise ConfigError("give --weights PATH (or --pretrained): exporting random weights is never what you want")

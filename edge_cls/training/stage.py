@@ -123,6 +123,7 @@ def train_stage(
             trained.cpu(), start.recipe, spec, split.classes, test=evaluation.metrics,
             test_top1=evaluation.metrics.get("top1", evaluation.metrics.get("mAP")), train_seconds=result.seconds,
             history=result.history, train_config=asdict(train), config=record or {},
+            task="multi_label" if split.multi_label else "single_label",
         ).save(paths.checkpoint)
         state.unlink(missing_ok=True)  # finished: the checkpoint is the record now
         previous_state_path(state).unlink(missing_ok=True)

@@ -134,3 +134,27 @@ def test_check_compares_production_images_with_validation(artifacts, digits_root
     assert "top1" not in shifted["current"]  # a flat folder: no labels
     assert shifted["class_shift_psi"] > same["class_shift_psi"] and shifted["verdict"] in ("moderate", "large")
     assert shifted["classes_that_moved_most"]
+
+
+def test_multi_label_artifacts_answer_with_their_per_class_thresholds(multilabel_root, tmp_path):
+    """build through the CLI on multi-label data: each artifact carries F1-optimal thresholds fitted on
+    the validation split, and predict answers with every class at or above its own threshold."""
+    from edge_cls.runtimes import load
+
+    out = tmp_path / "tags"
+    result = run("build", "--data-dir", multilabel_root, "--kd-model-name", "test_vit", "--model", "test_efficientnet",
+                 "--img-size", "32", "--teacher-epochs", "1", "--epochs", "1", "--no-compare-alone",
+                 "--formats", "onnx", "--recipes", "ort-qdq-u8s8", "--calibration-size", "16",
+                 "--bench-iterations", "3", "--output", out, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((out / "artifacts" / "onnx" / "manifest.json").read_text())
+    thresholds = manifest["calibration"]["thresholds"]
+    assert manifest["task"] == "multi_label" and manifest["calibration"]["method"] == "thresholds"
+    images = [line.split(",")[0] for line in (multilabel_root / "test.csv").read_text().splitlines()[1:7]]
+    answered = json.loads(run("predict", out / "artifacts" / "onnx", *images, "--topk", "12", "--json").stdout)
+    with load(out / "artifacts" / "onnx") as clf:
+        for item, path in zip(answered, images):
+            scores = 1 / (1 + np.exp(-clf.logits(clf.spec(path)[None])[0].astype(np.float64)))
+            expected = {clf.labels[i] for i in range(12) if scores[i] >= thresholds[i]}
+            labels = {p["label"] for p in item["predictions"]}
+            assert labels == expected or (not expected and labels == {"unknown"})
