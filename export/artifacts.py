@@ -24,22 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_cls._fileio import fsync_directory, fsync_tree
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.errors import ArtifactError, ConfigError, ExportError
-from edge_cls.manifest import MANIFEST_NAME, Manifest, describe_files
+from edge_cls.manifest import Manifest, describe_files
 from edge_cls.preprocess import PreprocessSpec
 from edge_cls.timing import round_robin
 
 from .formats import FORMATS, BuildJob, ExportTarget
+from .publish import OWNER_FILE, WORK_PREFIX, publish_all, refuse_foreign_destinations, remove_abandoned_work
 from .recipes import Recipe, candidates
 from .search import AUTO, AccuracyBar, Measured, Selection, score, search_table, select
 
 logger = logging.getLogger(__name__)
 
 TOOLS = ("edge-cls", "torch", "timm", "onnx", "onnxruntime", "openvino", "nncf", "onnxslim", "tensorrt")
-WORK_PREFIX = ".edge-cls-export-"  # the work directory inside the output directory (same file system: renames)
-OWNER_FILE = "owner.pid"
+
 
 
 @dataclass(frozen=True)
@@ -137,9 +136,9 @@ def export_artifacts(
     out_dir = Path(out_dir)
     if any(t.precision == "int8" for t in targets) and calibration is None:
         raise ExportError("INT8 targets need a calibration set (a folder of representative images)")
-    _refuse_foreign_destinations(out_dir, targets)
+    refuse_foreign_destinations(out_dir, targets)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_work(out_dir)
+    remove_abandoned_work(out_dir)
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=out_dir))
     (work / OWNER_FILE).write_text(str(os.getpid()))
     try:
@@ -154,7 +153,7 @@ def export_artifacts(
             for artifact, staging in _export_format(context, fmt, group):
                 results.append(artifact)
                 publish.append((staging, artifact.path))
-        _publish_all(publish, work)
+        publish_all(publish, work)
         return results
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -399,56 +398,6 @@ def _calibrate(manifest: Manifest, logits: np.ndarray, ref: ReferenceSet) -> Non
         temperature = fit.temperature
     manifest.summary = summarize(softmax(logits, temperature), targets if targets is not None and targets.ndim == 1
                                  else None, split=ref.name)
-
-
-def _publish_all(items: list[tuple[Path, Path]], work: Path) -> None:
-    """Swap every built artifact into place together: if one swap fails, every earlier one is undone
-    and the previous artifacts are put back, so the output is all new or all old."""
-    for staging, _ in items:
-        fsync_tree(staging)
-    moved_old: list[tuple[Path, Path]] = []
-    placed: list[Path] = []
-    try:
-        for i, (staging, dest) in enumerate(items):
-            if dest.exists():
-                backup = work / f"previous-{i}"
-                os.replace(dest, backup)
-                moved_old.append((backup, dest))
-            os.replace(staging, dest)
-            placed.append(dest)
-        fsync_directory(items[0][1].parent if items else work)
-    except OSError:
-        for i, dest in enumerate(placed):
-            os.replace(dest, work / f"undone-{i}")
-        for backup, dest in moved_old:
-            os.replace(backup, dest)
-        raise
-
-
-def _remove_abandoned_work(out_dir: Path) -> None:
-    """A killed export leaves its work directory behind: remove those whose process is gone (ours
-    by name and by the owner file; a live export's is left alone)."""
-    for work in out_dir.glob(f"{WORK_PREFIX}*"):
-        try:
-            owner = int((work / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            continue  # not clearly ours: leave it
-        try:
-            os.kill(owner, 0)
-        except ProcessLookupError:
-            logger.info("removing %s, left by an export that did not finish", work)
-            shutil.rmtree(work, ignore_errors=True)
-        except PermissionError:
-            continue  # someone else's live process
-
-
-def _refuse_foreign_destinations(out_dir: Path, targets: list[ExportTarget]) -> None:
-    """Never replace a directory edge-cls did not make: a destination must be absent or an artifact."""
-    for target in targets:
-        dest = out_dir / target.directory
-        if dest.exists() and not (dest / MANIFEST_NAME).is_file():
-            raise ExportError(f"{dest} exists and is not an edge-cls artifact: it was left untouched; choose another "
-                              "--output or move it away")
 
 
 def _agreement_drop(bar: AccuracyBar) -> float:
