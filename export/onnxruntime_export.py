@@ -61,7 +61,10 @@ def quantize_onnx_int8(
                                            symmetric_activations=symmetric)
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
-    options: dict[str, Any] = {}
+    # Calibrate a few images at a time: ORT's calibrators keep every intermediate output of what they
+    # are given until they reduce it, which for 300 images of a 240-px model is tens of GB (seen: the
+    # OOM killer). "CalibStridedMinMax" is ORT's own chunking; it serves the histogram methods too.
+    options: dict[str, Any] = {"CalibStridedMinMax": _stride(len(calibration))}
     if settings.symmetric_activations:
         options.update(ActivationSymmetric=True, WeightSymmetric=True)
     kwargs = {
@@ -94,16 +97,35 @@ def quantize_onnx_int8(
     return out_path
 
 
+CALIBRATION_STRIDE = 16  # images per calibration chunk: bounds the calibrators' memory
+
+
+def _stride(count: int) -> int:
+    """The largest chunk size up to CALIBRATION_STRIDE that divides ``count`` (ORT requires it)."""
+    return next(d for d in range(min(CALIBRATION_STRIDE, count), 0, -1) if count % d == 0)
+
+
 def _reader(calibration: CalibrationSet, input_name: str) -> Any:
+    """ORT's calibration reader over the set, one image per call, with the range ORT's chunked
+    calibration (``CalibStridedMinMax``) sets."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches = calibration.batches(1)
+            self.set_range(0, len(calibration))
+
+        def __len__(self) -> int:
+            return len(calibration)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._next, self._end = start_index, min(end_index, len(calibration))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch}
+            if self._next >= self._end:
+                return None
+            batch = calibration.array[self._next:self._next + 1]
+            self._next += 1
+            return {input_name: batch}
 
     return Reader()
 

@@ -101,9 +101,30 @@ def readme_commands() -> list[str]:
     return commands
 
 
+SHELL_OPERATORS = {"|", ">", ">>", "<", "&&", "||", ";", "&"}
+
+
+def edge_cls_argv(command: str) -> list[str]:
+    """The arguments edge-cls sees: up to the first shell pipe, redirection or command separator."""
+    lexer = shlex.shlex(command.replace("[--json]", "--json"), posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    argv = []
+    for token in lexer:
+        if token in SHELL_OPERATORS:
+            break
+        argv.append(token)
+    return argv
+
+
+def test_shell_operators_end_the_command():
+    assert edge_cls_argv("predict a b --jsonl > out.jsonl") == ["predict", "a", "b", "--jsonl"]
+    assert edge_cls_argv("predict a --jsonl | jq -r '.path'") == ["predict", "a", "--jsonl"]
+    assert edge_cls_argv("check a --images 'x|y'") == ["check", "a", "--images", "x|y"]
+
+
 @pytest.mark.parametrize("command", readme_commands() + OLD_README_COMMANDS)
 def test_readme_commands_parse(command):
-    args = parse_args(shlex.split(command.replace("[--json]", "--json")))
+    args = parse_args(edge_cls_argv(command))
     assert callable(args.func)
 
 

@@ -227,3 +227,33 @@ def test_work_left_by_a_killed_export_is_removed_and_nothing_else(student, refer
                      reference=reference, onnx_exporter="torchscript")
     assert not abandoned.exists() and live.exists() and unknown.exists()
     assert (tmp_path / "onnx-fp32" / "manifest.json").is_file()
+
+
+def test_chunked_calibration_gives_the_one_pass_ranges(student, digits_root, tmp_path, monkeypatch):
+    """ORT calibrates a few images at a time to bound memory; min-max ranges must not change."""
+    import onnx
+
+    from edge_cls.calibration_data import CalibrationSet
+    from edge_cls.export import onnxruntime_export
+    from edge_cls.export.onnx_export import export_onnx
+
+    assert [onnxruntime_export._stride(n) for n in (306, 16, 17, 7, 1)] == [9, 16, 1, 7, 1]
+    checkpoint, model = student
+    fp32 = export_onnx(model, checkpoint.spec, checkpoint.labels, tmp_path / "model.onnx")
+    calibration = CalibrationSet(sorted((digits_root / "val").rglob("*.png"))[:12], checkpoint.spec)
+    assert len(calibration.array) == 12
+
+    def scales(path):
+        graph = onnx.load(path).graph
+        return {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_scale")}
+
+    monkeypatch.setattr(onnxruntime_export, "CALIBRATION_STRIDE", 4)
+    assert onnxruntime_export._stride(12) == 4
+    chunked = onnxruntime_export.quantize_onnx_int8(fp32, tmp_path / "chunked.onnx", calibration)
+    monkeypatch.setattr(onnxruntime_export, "CALIBRATION_STRIDE", 12)
+    assert onnxruntime_export._stride(12) == 12
+    whole = onnxruntime_export.quantize_onnx_int8(fp32, tmp_path / "whole.onnx", calibration)
+    chunked_scales, whole_scales = scales(chunked), scales(whole)
+    assert chunked_scales and chunked_scales.keys() == whole_scales.keys()
+    for name, scale in whole_scales.items():
+        np.testing.assert_array_equal(chunked_scales[name], scale, err_msg=name)
