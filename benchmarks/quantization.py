@@ -232,9 +232,11 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("edge_cls", "quantization"):
         logging.getLogger(name).setLevel(logging.INFO)
+    results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="edge-cls-quant-") as tmp:
-        results = [run_case(name, args, Path(tmp)) for name in args.models]
-    write_results(results)
+        for name in args.models:
+            results.append(run_case(name, args, Path(tmp)))
+            write_results(results)  # after each case: a long run that dies later keeps what it measured
     return 0
 
 
