@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--preprocess", help="module:factory, factory(spec) -> image -> tensor")
+    parser.add_argument("--name", default="runtime", help="results file name (benchmarks/results/NAME.md/.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     images = write_images(WORK / "images", args.images)
@@ -117,6 +118,10 @@ def main() -> None:
             preprocess = factory(row_spec(paths[artifact])) if factory else None
             app_rows.append(bench_app(paths[artifact], images=images, rounds=args.rounds, iterations=args.iterations,
                                       preprocess=preprocess, name=label))
+            if artifact.startswith("onnx"):  # what edge-cls predict/serve load for streams: idle threads sleep
+                app_rows.append(bench_app(paths[artifact], images=images, rounds=args.rounds, cold=False, tool=False,
+                                          iterations=args.iterations, preprocess=preprocess,
+                                          name=f"{label} spin=False", spin=False))
             loads.append(os.getloadavg()[0])
     write_results(args, compute_rows, app_rows, time.time() - started, loads)
 
@@ -155,14 +160,16 @@ def write_results(args: argparse.Namespace, compute_rows: list, app_rows: list, 
         "*file->top5 p50*: one JPEG path to top-5, one at a time. Over all the JPEG files: *loop* is "
         "`predict(path)` per file, *batched* `predict_batch` (batches of 8, no overlap), *pipelined* "
         "`predict_stream` (batches of 8, decoding threads overlapping inference); *compute* the backend "
-        "alone on ready batches of 8. Medians, (min-max) over interleaved rounds.",
+        "alone on ready batches of 8. Medians, (min-max) over interleaved rounds. *spin=False* rows: the same "
+        "ONNX Runtime artifact loaded with `spin=False` (idle intra-op threads sleep instead of busy-waiting), "
+        "as `edge-cls predict` and `serve` load it for streams; no cold start or peak RSS for those rows.",
         "",
         app_table(app_rows, markdown=True),
         "",
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "runtime.md").write_text("\n".join(lines))
-    (RESULTS / "runtime.json").write_text(json.dumps(
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"machine": machine_description(), "device": device_model(), "command": command, "load_average": loads,
          "compute": [r.to_dict() for r in compute_rows], "app": [r.to_dict() for r in app_rows]}, indent=2))
     print("\n".join(lines))

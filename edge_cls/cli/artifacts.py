@@ -112,10 +112,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from ..runtimes import load
     from ..serve import ServeOptions, Server
+    from .predict import streaming_load_options
 
     serve_options = ServeOptions(host=args.host, port=args.port, k=args.topk, max_queue=args.max_queue,
                                  max_bytes=int(args.max_upload_mb * 2**20), workers=args.workers or None)
-    classifier = load(args.artifact, **({"backend": args.backend} if args.backend else {}))
+    classifier = load(args.artifact, **streaming_load_options(args.artifact, args.backend, args.workers))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -56,15 +56,25 @@ def image_paths(sources: list[Path], *, recursive: bool) -> Iterator[Path]:
                     yield Path(root) / name
 
 
+def streaming_load_options(artifact: str, backend: str | None, workers: int | None) -> dict[str, Any]:
+    """Load options for a classifier that decodes on worker threads while it infers: ONNX Runtime's
+    idle threads then stop busy-waiting, which leaves the cores to decoding (see its ``spin``)."""
+    from ..manifest import load_manifest
+
+    load_options: dict[str, Any] = {"backend": backend} if backend else {}
+    if workers != 0 and (backend or load_manifest(artifact).backend) == "onnxruntime":
+        load_options["spin"] = False
+    return load_options
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ..progress import progress
     from ..runtimes import load
     from ..runtimes.records import artifact_identity, record
 
-    backend = {"backend": args.backend} if args.backend else {}
     answer = {"min_confidence": args.min_confidence, "calibrated": not args.raw_scores}
     failed = total = 0
-    with load(args.artifact, **backend) as classifier:
+    with load(args.artifact, **streaming_load_options(args.artifact, args.backend, args.workers)) as classifier:
         identity = artifact_identity(classifier)
         paths = (str(p) for p in image_paths(args.images, recursive=args.recursive))
         workers = 0 if args.workers == 0 else args.workers

@@ -177,6 +177,14 @@ def test_unknown_backend_and_options(artifacts):
         load(artifacts["onnx-fp32"], device="GPU")
 
 
+def test_onnxruntime_without_spinning_gives_the_same_answers(artifacts, test_images):
+    with load(artifacts["onnx-fp32"]) as default, load(artifacts["onnx-fp32"], spin=False) as quiet:
+        config = quiet.backend._session.get_session_options().get_session_config_entry
+        assert config("session.intra_op.allow_spinning") == "0"
+        batch = np.stack([default.preprocess(p) for p in test_images])
+        np.testing.assert_array_equal(quiet.logits(batch), default.logits(batch))
+
+
 def test_tampered_model_file_is_refused(artifact_copy):
     path = artifact_copy("onnx-fp32")
     data = bytearray((path / "model.onnx").read_bytes())
