@@ -47,8 +47,8 @@ class OnnxRuntimeBackend(Backend):
     ) -> OnnxRuntimeBackend:
         """``spin=False`` stops ORT's idle intra-op threads from busy-waiting for the next call: on a
         few cores that leaves CPU to the decoding threads of :meth:`Classifier.predict_stream`
-        (measured on 2 vCPUs: 1.7-2.1x a ``predict`` loop instead of 1.3-1.6x) at the cost of
-        batch-1 latency (about +30% there). Keep the default for one image at a time."""
+        (2 vCPUs: 1.7-2.3x a ``predict`` loop instead of 1.4-1.7x, benchmarks/results/runtime.md)
+        but wakes them late for the next call, so keep the default for one image at a time."""
         import onnxruntime as ort  # lazy: only apps that use this backend pay for it
 
         if options:
