@@ -150,7 +150,7 @@ def run_case(name: str, args: argparse.Namespace, work: Path) -> dict:
         spec = spec_for_model(model)
         labels = [str(i) for i in range(1000)]
         check, calibration = photo_case(model, spec)
-        confidence = confidence_stats(check.logits)
+        confidence = confidence_stats(check.logits) if name.startswith("lite") else None
         kind = "real ImageNet weights, photo crops" if name.startswith("lite") else "random weights: speed only"
     search = SearchSettings(bar=AccuracyBar(), rounds=args.rounds, block=args.block, max_timing_seconds=120)
     exported = export_artifacts(model, spec, labels, work / name, resolve_targets(["onnx", "openvino"], ["auto"]),
@@ -188,10 +188,13 @@ def low_precision_summary(rows: list[dict]) -> str:
         return (f"Target ({target}) **met** by `{best['recipe']}`: {best['ratio']:.2f}x FP32, "
                 f"{100 * best['agreement']:.1f}% agreement.")
     text = f"Target ({target}) **missed**. "
-    if good:
-        best = min(good, key=lambda r: r["ratio"])
+    faster = [r for r in good if r["ratio"] < 1.0]
+    if faster:
+        best = min(faster, key=lambda r: r["ratio"])
         text += (f"Fastest candidate at >= {100 * TARGET_AGREEMENT:.0f}% agreement: `{best['recipe']}` at "
                  f"{best['ratio']:.2f}x FP32 ({100 * best['agreement']:.1f}%). ")
+    else:
+        text += f"No candidate at >= {100 * TARGET_AGREEMENT:.0f}% agreement is faster than FP32. "
     return text + (f"Fastest candidate: `{fastest['recipe']}` at {fastest['ratio']:.2f}x FP32 with "
                    f"{100 * fastest['agreement']:.1f}% agreement.")
 
@@ -203,9 +206,11 @@ def write_results(results: list[dict], recorded: dict | None = None) -> None:
                        "command": "python benchmarks/quantization.py " + " ".join(sys.argv[1:])}
     run = {**run, "cases": results}
     (RESULTS / "quantization.json").write_text(json.dumps(run, indent=1, default=str) + "\n")
+    tools = ", ".join(f"{k} {v}" for k, v in run.get("tools", {}).items()) or "not recorded"
+    note = f" {run['note']}" if run.get("note") else ""
     lines = ["# Quantization: every candidate on every backend, one run", "",
-             f"Machine: {run['machine']}. Tools: {', '.join(f'{k} {v}' for k, v in run['tools'].items())}.",
-             "", f"Command: `{run['command']}`. p50 is batch 1, "
+             f"Machine: {run.get('machine', 'not recorded')}. Tools: {tools}.",
+             "", f"Command: `{run.get('command', 'not recorded')}`.{note} p50 is batch 1, "
              "round-robin over all candidates of a backend in one run (± is the interquartile spread over rounds); "
              "*x FP32* is the ratio to that backend's FP32 in the same run. Agreement is top-1 agreement with the "
              "PyTorch FP32 model on the check images, which were never used for calibration.", ""]
@@ -265,10 +270,13 @@ def main() -> int:
     parser.add_argument("--block", type=int, default=20)
     parser.add_argument("--render", type=Path, help="re-render the tables and plot from an earlier run's json")
     parser.add_argument("--command", help="with --render: the command that run used (older json lacks it)")
+    parser.add_argument("--note", help="with --render: a remark on the run, shown after the command")
     args = parser.parse_args()
     if args.render:
         recorded = json.loads(args.render.read_text())
         recorded.setdefault("command", args.command or "python benchmarks/quantization.py")
+        if args.note:
+            recorded["note"] = args.note
         cases = recorded.pop("cases")
         for case in cases:  # older runs did not record it: the crops are seeded, so recompute
             if case["model"].startswith("lite") and not case.get("fp32_confidence"):

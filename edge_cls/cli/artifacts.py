@@ -116,7 +116,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     serve_options = ServeOptions(host=args.host, port=args.port, k=args.topk, max_queue=args.max_queue,
                                  max_bytes=int(args.max_upload_mb * 2**20), workers=args.workers or None)
-    classifier = load(args.artifact, **streaming_load_options(args.artifact, args.backend, args.workers))
+    classifier = load(args.artifact, **streaming_load_options(args.artifact, args.backend, args.workers or None))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

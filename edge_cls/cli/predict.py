@@ -62,7 +62,8 @@ def streaming_load_options(artifact: str, backend: str | None, workers: int | No
     from ..manifest import load_manifest
 
     load_options: dict[str, Any] = {"backend": backend} if backend else {}
-    if workers != 0 and (backend or load_manifest(artifact).backend) == "onnxruntime":
+    # verify=False: load() checks the files right after; here only the backend's name is needed
+    if workers != 0 and (backend or load_manifest(artifact, verify=False).backend) == "onnxruntime":
         load_options["spin"] = False
     return load_options
 

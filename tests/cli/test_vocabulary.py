@@ -101,7 +101,7 @@ def readme_commands() -> list[str]:
     return commands
 
 
-SHELL_OPERATORS = {"|", ">", ">>", "<", "&&", "||", ";", "&"}
+SHELL_OPERATORS = {"|", ">", ">>", ">&", "&>", "<", "&&", "||", ";", "&"}
 
 
 def edge_cls_argv(command: str) -> list[str]:

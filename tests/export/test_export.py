@@ -229,30 +229,46 @@ def test_work_left_by_a_killed_export_is_removed_and_nothing_else(student, refer
     assert (tmp_path / "onnx-fp32" / "manifest.json").is_file()
 
 
-def test_chunked_calibration_gives_the_one_pass_ranges(student, digits_root, tmp_path, monkeypatch):
-    """ORT calibrates a few images at a time to bound memory; min-max ranges must not change."""
+def test_calibration_runs_in_fixed_chunks_with_the_one_pass_ranges(student, digits_root, tmp_path, monkeypatch):
+    """ORT calibrates a few images at a time to bound memory: always the same chunk size (the last
+    one shorter), and min-max ranges as if all images went through at once."""
     import onnx
 
     from edge_cls.calibration_data import CalibrationSet
     from edge_cls.export import onnxruntime_export
     from edge_cls.export.onnx_export import export_onnx
 
-    assert [onnxruntime_export._stride(n) for n in (306, 16, 17, 7, 1)] == [9, 16, 1, 7, 1]
     checkpoint, model = student
     fp32 = export_onnx(model, checkpoint.spec, checkpoint.labels, tmp_path / "model.onnx")
     calibration = CalibrationSet(sorted((digits_root / "val").rglob("*.png"))[:12], checkpoint.spec)
     assert len(calibration.array) == 12
+    chunks = []
+    real_reader = onnxruntime_export._reader
+
+    def recording_reader(*args, **kwargs):
+        reader = real_reader(*args, **kwargs)
+        set_range = reader.set_range
+
+        def recorded(start_index, end_index):
+            set_range(start_index, end_index)
+            chunks.append(len([None for _ in iter(reader.get_next, None)]))
+            set_range(start_index, end_index)
+
+        reader.set_range = recorded
+        return reader
 
     def scales(path):
         graph = onnx.load(path).graph
         return {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_scale")}
 
-    monkeypatch.setattr(onnxruntime_export, "CALIBRATION_STRIDE", 4)
-    assert onnxruntime_export._stride(12) == 4
+    monkeypatch.setattr(onnxruntime_export, "_reader", recording_reader)
+    monkeypatch.setattr(onnxruntime_export, "CALIBRATION_STRIDE", 5)
     chunked = onnxruntime_export.quantize_onnx_int8(fp32, tmp_path / "chunked.onnx", calibration)
-    monkeypatch.setattr(onnxruntime_export, "CALIBRATION_STRIDE", 12)
-    assert onnxruntime_export._stride(12) == 12
+    assert chunks == [5, 5, 2]
+    chunks.clear()
+    monkeypatch.setattr(onnxruntime_export, "CALIBRATION_STRIDE", 16)
     whole = onnxruntime_export.quantize_onnx_int8(fp32, tmp_path / "whole.onnx", calibration)
+    assert chunks == [12]
     chunked_scales, whole_scales = scales(chunked), scales(whole)
     assert chunked_scales and chunked_scales.keys() == whole_scales.keys()
     for name, scale in whole_scales.items():
