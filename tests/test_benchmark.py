@@ -62,3 +62,19 @@ def test_accuracy_streamed_in_batches_equals_accuracy_on_the_whole_split(artifac
     assert (streamed.top1, streamed.top1_agreement, streamed.images) == (whole.top1, whole.top1_agreement, 60)
     with pytest.raises(ConfigError, match="no images"):
         bench_artifact(path, batches=iter([]), iterations=5, warmup=1)
+
+
+def test_machine_description_names_the_instruction_sets_that_decide_precision_speed():
+    from pathlib import Path
+
+    from edge_cls.report import SPEED_FLAGS, machine_description
+
+    text = machine_description()
+    assert "logical CPUs" in text and "Python" in text
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        present = {f for line in cpuinfo.read_text().splitlines() if line.startswith(("flags", "Features"))
+                   for f in line.partition(":")[2].split()}
+        shown = [f for f in SPEED_FLAGS if f in present]
+        if shown:
+            assert f"({' '.join(shown)}" in text
