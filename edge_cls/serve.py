@@ -133,19 +133,25 @@ class _Handler(BaseHTTPRequestHandler):
                         f"busy: {service.options.max_queue} requests are already queued; retry shortly",
                         self._length(), retry_after=1)
             return
+        # The place is given back before the answer is written: a client that sends its next request
+        # as soon as it reads this answer must find the place free.
         try:
             k = _query_k(url.query, service.options.k)
             image = self._read_image(service.options.max_bytes)
-            self._json(HTTPStatus.OK, {"predictions": service.classify(image, k)})
+            predictions = service.classify(image, k)
         except RequestError as e:
+            service.leave()
             self._error(e.status, e.message, e.drain)
         except EdgeClsError as e:  # the classifier closed under a shutdown
+            service.leave()
             self._error(HTTPStatus.SERVICE_UNAVAILABLE, " ".join(str(e).split()))
         except Exception as e:  # a bug: logged with its traceback here, one line to the client
+            service.leave()
             logger.exception("request failed")
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}")
-        finally:
+        else:
             service.leave()
+            self._json(HTTPStatus.OK, {"predictions": predictions})
 
     def _read_image(self, max_bytes: int) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
