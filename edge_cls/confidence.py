@@ -144,14 +144,11 @@ def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> RiskCoverage:
 def plot_reliability(logits: np.ndarray, targets: np.ndarray, temperature: float,
                      path: str | os.PathLike[str], title: str = "") -> Path | None:
     """Reliability diagrams before and after temperature scaling, side by side; needs matplotlib."""
-    try:
-        import matplotlib
+    from .plots import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
-    from ._fileio import atomic_path
 
     fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharey=True)
     for ax, t, name in ((axes[0], 1.0, "raw"), (axes[1], temperature, f"T = {temperature:.2f}")):
@@ -170,23 +167,16 @@ def plot_reliability(logits: np.ndarray, targets: np.ndarray, temperature: float
     axes[0].set_ylabel("accuracy")
     fig.suptitle(title or "reliability")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_risk_coverage(curves: dict[str, RiskCoverage], path: str | os.PathLike[str], title: str = "") -> Path | None:
     """Risk (error rate of the answered images) against coverage, one line per model."""
-    try:
-        import matplotlib
+    from .plots import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
-    from ._fileio import atomic_path
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
@@ -197,8 +187,4 @@ def plot_risk_coverage(curves: dict[str, RiskCoverage], path: str | os.PathLike[
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

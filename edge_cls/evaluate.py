@@ -173,14 +173,11 @@ def plot_confusion(evaluation: Evaluation, classes: Sequence[str], path: str | o
     """A row-normalised confusion matrix as a PNG (counts in the cells); None without matplotlib."""
     if evaluation.confusion is None:
         return None
-    try:
-        import matplotlib
+    from .plots import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - the train extra installs it
+    plt = pyplot()
+    if plt is None:
         return None
-    from ._fileio import atomic_path
 
     matrix = evaluation.confusion
     rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
@@ -201,8 +198,4 @@ def plot_confusion(evaluation: Evaluation, classes: Sequence[str], path: str | o
     ax.set_title(f"{evaluation.name}: top-1 {100 * evaluation.metrics['top1']:.1f}% on {evaluation.images} images")
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

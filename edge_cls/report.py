@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from ._fileio import atomic_path
 from .benchmark import BenchResult
-
-logger = logging.getLogger(__name__)
 
 COLUMNS = (
     ("model", "{name}"),
@@ -80,25 +77,19 @@ def machine_description() -> str:
 
 def plot_accuracy_latency(rows: Sequence[BenchResult], path: str | os.PathLike[str], title: str = "") -> Path | None:
     """Top-1 against p50 latency, one labelled point per row; needs matplotlib."""
-    try:
-        import matplotlib
+    from .plots import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.info("matplotlib is not installed; skipping the plot")
-        return None
+    plt = pyplot()
     points = [r for r in rows if r.top1 is not None]
-    if not points:
+    if plt is None or not points:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    try:
-        return _draw(fig, ax, points, Path(path), title)
-    finally:
-        plt.close(fig)
+    _draw(ax, points, title)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
 
 
-def _draw(fig, ax, points: Sequence[BenchResult], path: Path, title: str) -> Path:
+def _draw(ax: Any, points: Sequence[BenchResult], title: str) -> None:
     for r in points:
         ax.scatter(r.p50_ms, 100 * r.top1, s=40)
         ax.annotate(r.name, (r.p50_ms, 100 * r.top1), textcoords="offset points", xytext=(5, 4), fontsize=8)
@@ -107,7 +98,3 @@ def _draw(fig, ax, points: Sequence[BenchResult], path: Path, title: str) -> Pat
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title or "accuracy vs latency")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
