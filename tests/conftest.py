@@ -156,3 +156,20 @@ def multilabel_root(digits_root, tmp_path_factory) -> Path:
             rows.append(f"{path},d{digit} {'even' if digit % 2 == 0 else 'odd'}")
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
     return root
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB tmpfs, to fill the disk for real (needs root and mount(2); where it cannot be
+    mounted the test skips, and the fault-injection tests in tests/test_fileio.py and
+    tests/training/test_state.py cover ENOSPC instead)."""
+    import subprocess
+
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()})")
+    yield mount_point
+    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # lazy: even if a file is still open

@@ -1,7 +1,6 @@
 import errno
 import os
 import stat
-import subprocess
 
 import pytest
 
@@ -122,19 +121,6 @@ def test_a_full_disk_while_flushing_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(DiskFullError, match=r"no space left on the device while writing .*last\.pt.* unchanged"):
         write_bytes_atomic(target, b"new state that did not fit")
     assert target.read_bytes() == b"good state" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 256 KiB tmpfs (needs root and mount(2)); the fault-injection tests above cover the rest."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()}); ENOSPC is injected elsewhere")
-    yield mount_point
-    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # lazy: even if a file is still open
 
 
 def test_a_full_disk_leaves_the_old_file_and_directory_usable(small_disk):

@@ -1,7 +1,6 @@
 """A checkpoint from elsewhere cannot steer timm.create_model into reading other files."""
 
 import contextlib
-import subprocess
 
 import pytest
 import torch
@@ -33,19 +32,6 @@ def test_the_whitelisted_arguments_load(tiny_checkpoint, tmp_path):
     torch.save(data, fine)
     assert Checkpoint.load(fine).recipe.kwargs == {"drop_rate": 0.1, "drop_path_rate": 0.0}
     assert {"img_size", "drop_rate", "drop_path_rate"} == SAFE_MODEL_KWARGS
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 256 KiB tmpfs (needs root and mount(2)); tests/training/test_state.py injects ENOSPC instead."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()})")
-    yield mount_point
-    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # lazy: even if a file is still open
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_clear_error(tiny_checkpoint, small_disk):
