@@ -203,3 +203,15 @@ def _swap(staging: Path, path: Path) -> None:
         os.rmdir(retired)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def read_user_text(path: str | os.PathLike[str], what: str, error: type[EdgeClsError], hint: str = "") -> str:
+    """A user's text file (a config, labels, a taxonomy, ...) as a string, or one ``error`` that names
+    the file as ``what`` and, after ``hint``, says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{what} {path} is not readable UTF-8 text ({e}){hint}") from e

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ._fileio import read_user_text
 from .errors import ConfigError
 
 T = TypeVar("T")
@@ -181,12 +182,7 @@ def _at_least(config: Any, name: str, minimum: int) -> None:
 def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The mapping in a ``.yaml``/``.yml`` or ``.toml`` file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"config file {path} is not readable UTF-8 text ({e})") from e
+    text = read_user_text(path, "config file", ConfigError)
     try:
         if path.suffix == ".toml":
             import tomllib

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._fileio import NotOursError, atomic_directory, atomic_path, check_replaceable
+from ._fileio import NotOursError, atomic_directory, atomic_path, check_replaceable, read_user_text
 from .errors import DataError
 from .preprocess import PreprocessSpec
 
@@ -191,10 +191,7 @@ def _load_csv_splits(root: Path) -> dict[str, Split]:
 
 
 def _read_classes(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is not readable UTF-8 text ({e}): one class name per line") from e
+    text = read_user_text(path, "class list", DataError, ": one class name per line")
     classes = [line.strip() for line in text.splitlines() if line.strip()]
     if not classes or len(set(classes)) != len(classes):
         raise DataError(f"{path} must list each class once, one per line")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._fileio import read_user_text
 from .errors import ConfigError
 
 MAX_DEPTH = 32
@@ -76,12 +77,7 @@ class Taxonomy:
     def from_file(cls, path: str | os.PathLike[str], labels: Sequence[str]) -> Taxonomy:
         """Read a YAML, JSON or CSV (``class,parent``) taxonomy file."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"taxonomy file {path} does not exist")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"taxonomy file {path} is not UTF-8 text ({e})") from e
+        text = read_user_text(path, "taxonomy file", ConfigError)
         suffix = path.suffix.lower()
         try:
             if suffix == ".json":

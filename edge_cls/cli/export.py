@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .._fileio import read_user_text
 from ..errors import ConfigError, DataError
 from . import options
 
@@ -51,12 +52,7 @@ def add_parser(sub: Any) -> None:
 
 
 def read_labels(path: Path) -> list[str]:
-    if not path.is_file():
-        raise ConfigError(f"labels file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"labels file {path} is not UTF-8 text ({e}); save it as UTF-8") from e
+    text = read_user_text(path, "labels file", ConfigError, "; save it as UTF-8")
     if path.suffix == ".json":
         try:
             labels = json.loads(text)

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._fileio import read_user_text
 from ..errors import BackendUnavailableError, CheckpointError, ConfigError
 from ..preprocess import PreprocessSpec
 
@@ -128,8 +129,5 @@ def read_templates(path: Path | None) -> tuple[str, ...]:
     """Prompt templates, one per line with {} for the class name; the defaults without a file."""
     if path is None:
         return DEFAULT_TEMPLATES
-    try:
-        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read prompt templates from {path} ({e})") from e
-    return tuple(lines)
+    text = read_user_text(path, "prompt templates file", ConfigError)
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
