@@ -104,43 +104,15 @@ class TestOpenVINOINT8(RuntimeConformance):
     fp32 = False
 
 
-def _tensorrt_missing() -> str | None:
-    """Why TensorRT cannot run here, or None when it can."""
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed (NVIDIA GPUs only: pip install 'edge-cls[tensorrt]')"
-    try:
-        from edge_cls.runtimes.tensorrt_backend import _check, _cudart
-
-        if _check(_cudart().cudaGetDeviceCount()) > 0:
-            return None
-    except Exception:
-        pass
-    return "no CUDA device: TensorRT engines need an NVIDIA GPU"
-
-
-@pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing()))
 class TestTensorRTFP16(RuntimeConformance):
+    """Skipped, with the reason, where TensorRT cannot run (the ``tensorrt_artifact`` fixture says why)."""
+
     name = "tensorrt-fp16"
     fp32 = False
 
     @pytest.fixture
-    def classifier(self, tiny_checkpoint, digits_root, tmp_path):
-        from edge_cls.data import load_splits, preprocess_split
-        from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
-        from edge_cls.training.checkpoints import Checkpoint
-
-        checkpoint = Checkpoint.load(tiny_checkpoint)
-        model = checkpoint.build()
-        batch, targets = preprocess_split(load_splits(digits_root)["test"], checkpoint.spec)
-        [artifact] = export_artifacts(
-            model,
-            checkpoint.spec,
-            checkpoint.labels,
-            tmp_path,
-            resolve_targets(["tensorrt"], ["fp16"]),
-            reference=ReferenceSet.from_model(model, batch, targets),
-        )
-        with load(artifact.path) as clf:
+    def classifier(self, tensorrt_artifact):
+        with load(tensorrt_artifact) as clf:
             yield clf
 
 
@@ -195,7 +167,6 @@ def test_tampered_model_file_is_refused(artifact_copy):
 
 
 def test_missing_backend_library_says_how_to_install(monkeypatch):
-    import importlib.util
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
