@@ -62,12 +62,16 @@ def test_a_truncated_state_falls_back_to_the_previous_epoch_and_ends_the_same(di
         torch.testing.assert_close(resumed.model.state_dict()[key], value, atol=1e-4, rtol=1e-4)
 
 
-def test_a_truncated_state_is_never_promoted_over_the_good_previous_one(digits_root, tmp_path):
-    splits = load_splits(digits_root)
+def interrupted_after_two_epochs(splits, run) -> None:
+    """A run stopped (KeyboardInterrupt) after its second epoch: last.pt and last.pt.prev are on disk."""
     task, spec = make_task(splits)
-    run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         fit(task, splits["train"], spec, CONFIG, run_dir=run, on_epoch_end=stop_after(2))
+
+
+def test_a_truncated_state_is_never_promoted_over_the_good_previous_one(digits_root, tmp_path):
+    splits, run = load_splits(digits_root), tmp_path / "run"
+    interrupted_after_two_epochs(splits, run)
     last = run / STATE_FILE
     last.write_bytes(last.read_bytes()[:1000])
     state, source = read_resumable_state(last)
@@ -110,11 +114,8 @@ def test_a_full_disk_while_saving_the_state_keeps_the_last_good_one(digits_root,
 def test_a_kill_between_the_two_renames_resumes_from_the_previous_state(digits_root, tmp_path, caplog):
     """The old state is renamed to last.pt.prev before the new one takes its name: a kill in between
     leaves no last.pt, and the run goes on from last.pt.prev."""
-    splits = load_splits(digits_root)
-    task, spec = make_task(splits)
-    run = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        fit(task, splits["train"], spec, CONFIG, run_dir=run, on_epoch_end=stop_after(2))
+    splits, run = load_splits(digits_root), tmp_path / "run"
+    interrupted_after_two_epochs(splits, run)
     last = run / STATE_FILE
     assert last.stat().st_ino != previous_state_path(last).stat().st_ino  # two files, not two names for one
     last.unlink()
