@@ -40,8 +40,8 @@ from lite_weights import map_lite_weights
 from PIL import Image, ImageOps
 
 import edge_cls.preprocess as preprocess
+from edge_cls.measure.machine import machine_description
 from edge_cls.preprocess import PreprocessSpec
-from edge_cls.report import machine_description
 
 RESULTS = Path(__file__).parent / "results"
 SCRATCH = Path("/tmp/edge_cls_image_path")

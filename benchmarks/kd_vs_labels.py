@@ -26,19 +26,20 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edge_cls.config import BuildConfig, DistillConfig, to_plain
 from edge_cls.data import load_splits, preprocess_split, write_demo_dataset
-from edge_cls.report import machine_description
+from edge_cls.measure.machine import machine_description
 from edge_cls.training.checkpoints import Checkpoint
+from edge_cls.training.config import BuildConfig, DistillConfig, to_plain
 from edge_cls.training.distill import finetune_teacher, run_distill
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher-epochs", type=int, default=30)
@@ -56,7 +57,11 @@ def main() -> int:
         help="take the labels-only students from build/NAME (same seeds and student schedule): only KD changes",
     )
     parser.add_argument("--iterations", type=int, default=200, help="timed batch-1 runs for the latency ratio")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("edge_cls").setLevel(logging.INFO)
 
@@ -64,11 +69,7 @@ def main() -> int:
     data = write_demo_dataset(work / "data")
     base = BuildConfig(out_dir=work, data_dir=data, compare_alone=True)
     started = time.perf_counter()
-    teacher_path = args.teacher_weights or work / "teacher" / "checkpoints" / "teacher.pt"
-    if not teacher_path.is_file():
-        teacher_cfg = replace(base, out_dir=work / "teacher", resume=True,
-                              teacher_train=replace(base.teacher_train, epochs=args.teacher_epochs))
-        finetune_teacher(teacher_cfg)
+    teacher_path = teacher_checkpoint(args, base, work)
     teacher_metrics = Checkpoint.load(teacher_path).metrics
     teacher_seconds = teacher_metrics.get("train_seconds", 0.0)
     teacher_epochs = len(teacher_metrics.get("history", [])) or args.teacher_epochs
@@ -77,29 +78,7 @@ def main() -> int:
     distill = DistillConfig(
         temperature=args.temperature, distill_weight=args.distill_weight, task_weight=args.task_weight
     )
-    runs = []
-    for seed in args.seeds:
-        out = work / f"seed{seed}"
-        if args.reuse_alone:
-            source = Path("build") / args.reuse_alone / f"seed{seed}" / "checkpoints" / "student_alone.pt"
-            target = out / "checkpoints" / "student_alone.pt"
-            if not target.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(source, target)
-        config = replace(base, out_dir=out, teacher_weights=teacher_path, resume=True, distill=distill,
-                         student_train=replace(student_train, seed=seed))
-        outcome = run_distill(config)
-        metrics = {e.name.split(" ")[0]: e.metrics for e in outcome.evaluations}
-        seconds = {
-            "alone": outcome.student_alone.seconds,
-            "kd": outcome.student.seconds,
-        }  # training, from the checkpoints
-        runs.append({"seed": seed, "teacher": metrics["teacher"]["top1"], "alone": metrics["student_alone"]["top1"],
-                     "kd": metrics["student"]["top1"], "seconds": seconds,
-                     "ece": {k: v["ece"] for k, v in metrics.items()}})
-        print(f"seed {seed}: teacher {runs[-1]['teacher']:.4f}, alone {runs[-1]['alone']:.4f}, KD {runs[-1]['kd']:.4f}",
-              flush=True)
-
+    runs = [student_run(args, base, work, teacher_path, student_train, distill, seed) for seed in args.seeds]
     latency = measure_latency(teacher_path, work / f"seed{args.seeds[0]}" / "checkpoints" / "student.pt",
                               work / "latency", args.iterations)
     result = {
@@ -120,12 +99,47 @@ def main() -> int:
     return 0
 
 
+def teacher_checkpoint(args: argparse.Namespace, base: BuildConfig, work: Path) -> Path:
+    """The teacher given, or one trained (once: later runs reuse it)."""
+    teacher_path = args.teacher_weights or work / "teacher" / "checkpoints" / "teacher.pt"
+    if not teacher_path.is_file():
+        teacher_cfg = replace(base, out_dir=work / "teacher", resume=True,
+                              teacher_train=replace(base.teacher_train, epochs=args.teacher_epochs))
+        finetune_teacher(teacher_cfg)
+    return teacher_path
+
+
+def student_run(args: argparse.Namespace, base: BuildConfig, work: Path, teacher_path: Path, student_train: Any,
+                distill: DistillConfig, seed: int) -> dict[str, Any]:
+    """One seed: the student alone and the distilled student, same initial weights."""
+    out = work / f"seed{seed}"
+    if args.reuse_alone:
+        source = Path("build") / args.reuse_alone / f"seed{seed}" / "checkpoints" / "student_alone.pt"
+        target = out / "checkpoints" / "student_alone.pt"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, target)
+    config = replace(base, out_dir=out, teacher_weights=teacher_path, resume=True, distill=distill,
+                     student_train=replace(student_train, seed=seed))
+    outcome = run_distill(config)
+    metrics = {e.name.split(" ")[0]: e.metrics for e in outcome.evaluations}
+    seconds = {
+        "alone": outcome.student_alone.seconds,
+        "kd": outcome.student.seconds,
+    }  # training, from the checkpoints
+    run = {"seed": seed, "teacher": metrics["teacher"]["top1"], "alone": metrics["student_alone"]["top1"],
+           "kd": metrics["student"]["top1"], "seconds": seconds, "ece": {k: v["ece"] for k, v in metrics.items()}}
+    print(f"seed {seed}: teacher {run['teacher']:.4f}, alone {run['alone']:.4f}, KD {run['kd']:.4f}",
+          flush=True)
+    return run
+
+
 def measure_latency(teacher: Path, student: Path, work: Path, iterations: int) -> dict[str, dict[str, float]]:
     """Batch-1 p50 of teacher and student, ONNX Runtime FP32 and PyTorch eager, in one run."""
     import torch
 
-    from edge_cls.benchmark import bench_artifact, measure
     from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
+    from edge_cls.measure.latency import bench_artifact, measure
 
     splits = load_splits(work.parent / "data")
     out: dict[str, dict[str, float]] = {}
@@ -155,6 +169,26 @@ def summary(values: list[float]) -> dict[str, float]:
             "min": min(values), "max": max(values)}
 
 
+def latency_lines(result: dict) -> list[str]:
+    runs, latency, cfg = result["runs"], result["latency"], result["config"]
+    ort_ratio = latency["student"]["onnxruntime_p50_ms"] / latency["teacher"]["onnxruntime_p50_ms"]
+    eager_ratio = latency["student"]["pytorch_p50_ms"] / latency["teacher"]["pytorch_p50_ms"]
+    return [
+        "Latency, batch 1, p50, same run:",
+        "",
+        "| model | ONNX Runtime FP32 ms | PyTorch eager ms |",
+        "|---|---|---|",
+        *[
+            f"| {role} {latency[role]['model']} | {latency[role]['onnxruntime_p50_ms']:.3f} | {latency[role]['pytorch_p50_ms']:.3f} |"
+            for role in ("teacher", "student")
+        ],
+        f"| student / teacher | {ort_ratio:.2f} | {eager_ratio:.2f} |",
+        "",
+        f"Training time per student run: labels only {statistics.fmean(r['seconds']['alone'] for r in runs):.0f} s, "
+        f"KD {statistics.fmean(r['seconds']['kd'] for r in runs):.0f} s; the teacher trained for {cfg['teacher_train_seconds']:.0f} s.",
+    ]
+
+
 def write_results(name: str, result: dict) -> None:
     runs, latency = result["runs"], result["latency"]
     stats = {key: summary([r[key] for r in runs]) for key in ("teacher", "alone", "kd")}
@@ -169,8 +203,6 @@ def write_results(name: str, result: dict) -> None:
             return f"{100 * s['mean']:.2f}% (one model for every seed)"
         return f"{100 * s['mean']:.2f}% ± {100 * s['std']:.2f} ({100 * s['min']:.1f}-{100 * s['max']:.1f})"
 
-    ort_ratio = latency["student"]["onnxruntime_p50_ms"] / latency["teacher"]["onnxruntime_p50_ms"]
-    eager_ratio = latency["student"]["pytorch_p50_ms"] / latency["teacher"]["pytorch_p50_ms"]
     lines = [
         f"# KD versus labels only: {student_name} student, {teacher_name} teacher",
         "",
@@ -197,18 +229,7 @@ def write_results(name: str, result: dict) -> None:
             for r in runs
         ],
         "",
-        "Latency, batch 1, p50, same run:",
-        "",
-        "| model | ONNX Runtime FP32 ms | PyTorch eager ms |",
-        "|---|---|---|",
-        *[
-            f"| {role} {latency[role]['model']} | {latency[role]['onnxruntime_p50_ms']:.3f} | {latency[role]['pytorch_p50_ms']:.3f} |"
-            for role in ("teacher", "student")
-        ],
-        f"| student / teacher | {ort_ratio:.2f} | {eager_ratio:.2f} |",
-        "",
-        f"Training time per student run: labels only {statistics.fmean(r['seconds']['alone'] for r in runs):.0f} s, "
-        f"KD {statistics.fmean(r['seconds']['kd'] for r in runs):.0f} s; the teacher trained for {cfg['teacher_train_seconds']:.0f} s.",
+        *latency_lines(result),
         f"Machine: {result['machine']}.",
         "",
         f"![per-seed accuracy]({name}.png)",

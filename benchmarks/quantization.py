@@ -37,7 +37,7 @@ from lite_weights import map_lite_weights
 
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.export import AccuracyBar, ReferenceSet, SearchSettings, export_artifacts, resolve_targets, tool_versions
-from edge_cls.report import machine_description
+from edge_cls.measure.machine import machine_description
 from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
 
 RESULTS = Path(__file__).parent / "results"

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_cls.benchmark import time_calls
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.export import ReferenceSet, SearchSettings, export_artifacts, resolve_targets, tool_versions
-from edge_cls.report import machine_description
+from edge_cls.measure.latency import time_calls
+from edge_cls.measure.machine import machine_description
 from edge_cls.runtimes import load
 from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
 

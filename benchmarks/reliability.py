@@ -136,7 +136,7 @@ def _faults(cases: list[Case]) -> list[str]:
 
 def write_report(path: Path, cases: list[Case], rss: list[Case], seconds: float) -> None:
     from edge_cls._fileio import write_text_atomic
-    from edge_cls.report import machine_description
+    from edge_cls.measure.machine import machine_description
 
     peak = max((c.rss_mb or 0) for c in rss if "info" not in c.name)
     text = "\n".join([

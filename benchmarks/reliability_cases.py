@@ -349,7 +349,7 @@ def _layout_cases(art_name: str, source: Path, work: Path) -> list[Case]:
 
 def _rehash(model: str) -> Callable[[Path], None]:
     """The attack a hash alone cannot see: change a file and rewrite the manifest to match it."""
-    from edge_cls.manifest import describe_files, load_manifest
+    from edge_cls.artifact.manifest import describe_files, load_manifest
 
     def change(directory: Path) -> None:
         _flip(model, (directory / model).stat().st_size // 2, 0xFF)(directory)
@@ -361,7 +361,7 @@ def _rehash(model: str) -> Callable[[Path], None]:
 
 
 def _signed(source: Path, work: Path) -> Path:
-    from edge_cls.manifest import load_manifest
+    from edge_cls.artifact.manifest import load_manifest
 
     signed = work / f"signed-{source.name}"
     if not signed.exists():
@@ -447,7 +447,7 @@ def random_json(rng: random.Random, depth: int = 0) -> object:
 
 
 def manifest_cases(artifact: Path, work: Path, seed: int) -> list[Case]:
-    from edge_cls.manifest import load_manifest
+    from edge_cls.artifact.manifest import load_manifest
 
     rng = random.Random(seed)
     valid = json.loads((artifact / "manifest.json").read_text())

@@ -213,7 +213,7 @@ def _fill(disk: Path, leave: int) -> None:
 def disk_cases(artifact: Path, work: Path) -> list[Case]:
     """Writes that hit a full disk (a real 4 MiB tmpfs): each must fail cleanly, leaving the old file."""
     from edge_cls._fileio import atomic_directory, write_json_atomic
-    from edge_cls.manifest import load_manifest
+    from edge_cls.artifact.manifest import load_manifest
     from edge_cls.runtimes import load
     from edge_cls.training.checkpoints import Checkpoint
 

@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from edge_cls.app_benchmark import bench_app, device_model, image_files
-from edge_cls.app_report import app_table
-from edge_cls.benchmark import bench_artifact
-from edge_cls.report import machine_description, markdown_table
+from edge_cls.data import image_files
+from edge_cls.measure.app import bench_app
+from edge_cls.measure.latency import bench_artifact
+from edge_cls.measure.machine import device_model, machine_description
+from edge_cls.measure.tables import app_table, markdown_table
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("build/runtime_bench")
@@ -127,7 +128,7 @@ def main() -> None:
 
 
 def row_spec(path: Path):
-    from edge_cls.manifest import load_manifest
+    from edge_cls.artifact.manifest import load_manifest
 
     return load_manifest(path, verify=False).spec
 

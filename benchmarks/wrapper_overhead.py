@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_cls.report import machine_description
+from edge_cls.measure.machine import machine_description
 from edge_cls.runtimes import load
 
 WORK = Path("build/runtime_bench")

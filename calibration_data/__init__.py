@@ -23,7 +23,7 @@ import numpy as np
 from PIL import ImageOps
 
 from edge_cls._fileio import atomic_path
-from edge_cls.data import IMAGE_SUFFIXES, Split
+from edge_cls.data import Split, image_files
 from edge_cls.errors import DataError, InvalidImageError
 from edge_cls.preprocess import PreprocessSpec, load_image, transform
 
@@ -120,17 +120,6 @@ def default_cache_dir() -> Path | None:
     if setting:
         return Path(setting)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edge-cls"
-
-
-def image_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Every image file under ``folder``, sorted."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist or is not a directory")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise DataError(f"image folder {folder} has no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
 
 
 def folder_labels(folder: Path, files: list[Path], labels: Sequence[str]) -> np.ndarray | None:
@@ -233,5 +222,5 @@ def _cache_key(images: Sequence[str | os.PathLike[str]], spec: PreprocessSpec, a
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-__all__ = ["CalibrationSet", "DEFAULT_CHECK_SIZE", "DEFAULT_SIZE", "FolderSplit", "default_cache_dir", "image_files",
+__all__ = ["CalibrationSet", "DEFAULT_CHECK_SIZE", "DEFAULT_SIZE", "FolderSplit", "default_cache_dir",
            "split_folder", "stratified_sample", "stratum"]

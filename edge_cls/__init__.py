@@ -4,8 +4,8 @@ The core (this package's top level: preprocessing, predictions, manifest) import
 pillow. Training needs the ``train`` extra, export the ``export`` extra, and each runtime its own.
 """
 
-from ._fileio import DiskFullError
-from .errors import (
+from edge_cls._fileio import DiskFullError
+from edge_cls.errors import (
     ArtifactError,
     BackendUnavailableError,
     CheckpointError,
@@ -15,8 +15,8 @@ from .errors import (
     ExportError,
     InvalidImageError,
 )
-from .predictions import Prediction
-from .preprocess import Frame, PreprocessSpec
+from edge_cls.predictions import Prediction
+from edge_cls.preprocess import Frame, PreprocessSpec
 
 __version__ = "0.1.0"
 

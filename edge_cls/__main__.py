@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from edge_cls.cli import main
 
 sys.exit(main())

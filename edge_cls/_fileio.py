@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import EdgeClsError
+from edge_cls.errors import EdgeClsError
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 

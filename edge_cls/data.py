@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._fileio import NotOursError, atomic_directory, atomic_path, check_replaceable, read_user_text
-from .errors import DataError
-from .preprocess import PreprocessSpec
+from edge_cls._fileio import NotOursError, atomic_directory, atomic_path, check_replaceable, read_user_text
+from edge_cls.errors import DataError
+from edge_cls.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,58 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".g
 SPLITS = ("train", "val", "test")
 DEMO_SPLIT_SIZES = {"train": 4000, "val": 500, "test": 500}
 DEMO_SEED = 0
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def iter_images(sources: Iterable[str | os.PathLike[str]], *, recursive: bool = True) -> Iterator[Path]:
+    """The image files named, and those inside the folders named (sorted; sub-folders only with
+    ``recursive``), listed lazily so a folder of millions costs no memory up front. A named file is
+    yielded as it is, whatever its suffix: a missing or unreadable file becomes that image's error."""
+    for source in map(Path, sources):
+        if not source.is_dir():
+            yield source
+            continue
+        for folder, dirs, files in os.walk(source):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+            for name in sorted(files):
+                path = Path(folder) / name
+                if is_image_file(path):
+                    yield path
+
+
+def no_images_error(sources: Iterable[str | os.PathLike[str]], *, recursive: bool = True,
+                    flag: str = "--recursive") -> DataError:
+    """The one error for "there is nothing to classify here": what was looked for, where, and what to do."""
+    sources = [Path(s) for s in sources]
+    missing = [s for s in sources if not s.exists()]
+    if missing:
+        return DataError(f"{missing[0]} does not exist: pass image files or folders of images")
+    where = ", ".join(str(s) for s in sources[:3]) + (" ..." if len(sources) > 3 else "")
+    kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+    if not recursive and any(next(iter_images([s], recursive=True), None) for s in sources if s.is_dir()):
+        return DataError(f"{where} holds no images itself, only in sub-folders: add {flag} to include them")
+    return DataError(f"{where} holds no images (looked for {kinds}): point at a folder of images")
+
+
+def image_files(folder: str | os.PathLike[str], *, recursive: bool = True, limit: int | None = None) -> list[Path]:
+    """Every image file in ``folder`` (and its sub-folders with ``recursive``), sorted, at most
+    ``limit``; a missing folder, or one without images, is a :class:`DataError` saying what to do."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        if folder.exists():
+            raise DataError(f"{folder} is a file, not a folder of images")
+        raise no_images_error([folder], recursive=recursive)
+    files = []
+    for path in iter_images([folder], recursive=recursive):
+        files.append(path)
+        if limit is not None and len(files) >= limit:
+            break
+    if not files:
+        raise no_images_error([folder], recursive=recursive)
+    return files
 
 
 @dataclass(frozen=True)
@@ -142,9 +194,7 @@ def scan_image_folder(root: str | os.PathLike[str], classes: list[str] | None = 
     empty = []
     for index, name in enumerate(classes):
         class_dir = root / name
-        files = sorted(
-            p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        ) if class_dir.is_dir() else []
+        files = list(iter_images([class_dir])) if class_dir.is_dir() else []
         if not files and class_dir.is_dir():
             empty.append(name)
         paths.extend(files)

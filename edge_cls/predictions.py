@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ConfigError
+from edge_cls.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .taxonomy import Taxonomy
+    from edge_cls.taxonomy import Taxonomy
 
 TASKS = ("single_label", "multi_label")
 UNKNOWN = "unknown"
@@ -78,14 +78,21 @@ def probabilities(logits: np.ndarray, task: str = "single_label", temperature: f
     return softmax(logits, temperature) if task == "single_label" else sigmoid(logits, temperature)
 
 
+def check_k(k: object) -> int:
+    """The one rule for ``k``, the number of answers asked for: a positive integer (more than the
+    number of classes returns every class)."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    return k
+
+
 def _check(logits: np.ndarray, labels: Sequence[str], k: int) -> np.ndarray:
     logits = np.asarray(logits)
     if logits.ndim != 2:
         raise ConfigError(f"logits must be (batch, classes), got shape {logits.shape}")
     if logits.shape[1] != len(labels):
         raise ConfigError(f"the model gives {logits.shape[1]} classes but there are {len(labels)} labels")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    check_k(k)
     return logits
 
 
@@ -119,7 +126,7 @@ def top_k(
 
 @dataclass(frozen=True, kw_only=True)
 class AnswerOptions:
-    """What the caller asks for: how many classes, and how to decide (see :func:`answer`)."""
+    """What the caller asks for: how many classes, and how to decide (see :func:`decide`)."""
 
     k: int = 5
     threshold: float | None = None  # multi-label: one threshold for every class (else the artifact's)
@@ -128,8 +135,7 @@ class AnswerOptions:
     temperature: float | None = None  # override the artifact's temperature (None: the artifact's)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
-            raise ConfigError(f"k must be a positive integer, got {self.k!r}")
+        check_k(self.k)
         if self.min_confidence is not None and not 0 <= self.min_confidence <= 1:
             raise ConfigError(f"min_confidence is a probability in [0, 1], got {self.min_confidence!r}")
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -162,7 +168,7 @@ class Decision:
             raise ConfigError(f"temperature must be a positive number, got {self.temperature!r}")
 
 
-def answer(
+def decide(
     logits: np.ndarray,
     labels: Sequence[str],
     k: int = 5,

@@ -27,10 +27,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from .errors import ConfigError, EdgeClsError
+from edge_cls.errors import ConfigError, EdgeClsError
+from edge_cls.predictions import check_k
 
 if TYPE_CHECKING:
-    from .runtimes import Classifier
+    from edge_cls.runtimes import Classifier
 
 logger = logging.getLogger(__name__)
 DRAIN_LIMIT = 64 * 2**20  # read and drop at most this much of a refused upload, so the client sees the answer
@@ -277,12 +278,9 @@ def _query_k(query: str, default: int) -> int:
     if not values:
         return default
     try:
-        k = int(values[-1])
-    except ValueError:
-        k = 0
-    if k < 1:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"k must be a positive integer, got {values[-1]!r}")
-    return k
+        return check_k(int(values[-1]))
+    except ValueError:  # not a number, or ConfigError from the one rule for k
+        raise RequestError(HTTPStatus.BAD_REQUEST, f"k must be a positive integer, got {values[-1]!r}") from None
 
 
 def _multipart_file(content_type: str, body: bytes) -> bytes:

@@ -4,7 +4,7 @@ A taxonomy file names a parent per class (and, optionally, a parent per parent):
 ``{"husky": "dog", "beagle": "dog", "dog": "animal"}``, or a CSV with columns ``class,parent``.
 Training stays flat; at prediction time a single-label model's probabilities are summed up the
 tree, so an artifact can answer "dog" when it cannot tell the breed (see
-:func:`edge_cls.predictions.answer`). Only numpy: this runs on the device.
+:func:`edge_cls.predictions.decide`). Only numpy: this runs on the device.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._fileio import read_user_text
-from .errors import ConfigError
+from edge_cls._fileio import read_user_text
+from edge_cls.errors import ConfigError
 
 MAX_DEPTH = 32
 

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_cls.artifact.manifest import Manifest, describe_files
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.errors import ArtifactError, ConfigError, ExportError
-from edge_cls.manifest import Manifest, describe_files
+from edge_cls.measure.timing import round_robin
 from edge_cls.preprocess import PreprocessSpec
-from edge_cls.timing import round_robin
 
 from .formats import FORMATS, BuildJob, ExportTarget
 from .publish import OWNER_FILE, WORK_PREFIX, publish_all, refuse_foreign_destinations, remove_abandoned_work
@@ -217,7 +217,6 @@ def _export_format(ctx: _Context, fmt: str, targets: list[ExportTarget]) -> list
 
 def _build(ctx: _Context, recipe: Recipe) -> _Candidate:
     """Build one candidate in its own staging directory; a failure becomes the candidate's error."""
-    from edge_cls.runtimes import load
 
     staging = ctx.work / recipe.name
     staging.mkdir()
@@ -229,14 +228,7 @@ def _build(ctx: _Context, recipe: Recipe) -> _Candidate:
         job = BuildJob(ctx.source, staging, recipe.precision, ctx.spec, ctx.labels, ctx.calibration, recipe=recipe,
                        max_agreement_drop=_agreement_drop(ctx.search.bar))
         files, options = FORMATS[recipe.format].build_function()(job)
-        candidate.manifest = Manifest(
-            backend=FORMATS[recipe.format].backend, precision=recipe.precision, model_file=files[0], spec=ctx.spec,
-            labels=ctx.labels, files=describe_files(staging, files), task=ctx.task, model_name=ctx.model_name,
-            runtime_options=options, recipe=recipe.name, tools=tool_versions(),
-        )
-        candidate.manifest.save(staging)
-        candidate.classifier = load(staging)
-        measured.runtime_precision = candidate.classifier.precision
+        _open_candidate(ctx, candidate, files, options)
     except (ExportError, ArtifactError, OSError, RuntimeError, ValueError) as e:
         if recipe.precision == "fp32":
             raise
@@ -244,6 +236,28 @@ def _build(ctx: _Context, recipe: Recipe) -> _Candidate:
         logger.warning("candidate %s failed: %s", recipe.name, measured.error)
     measured.build_seconds = time.perf_counter() - started
     return candidate
+
+
+def candidate_manifest(ctx: _Context, recipe: Recipe, staging: Path, files: list[str],
+                       options: dict[str, Any]) -> Manifest:
+    """The one manifest of a built candidate (the model file first in ``files``); the search's figures
+    are added to the shipped one by :func:`_finalize`."""
+    return Manifest(
+        backend=FORMATS[recipe.format].backend, precision=recipe.precision, model_file=files[0], spec=ctx.spec,
+        labels=ctx.labels, files=describe_files(staging, files), task=ctx.task, model_name=ctx.model_name,
+        runtime_options=options, recipe=recipe.name, tools=tool_versions(),
+    )
+
+
+def _open_candidate(ctx: _Context, candidate: _Candidate, files: list[str], options: dict[str, Any]) -> None:
+    """Write the candidate's manifest and load it through the public runtime API."""
+    from edge_cls.runtimes import load
+
+    candidate.manifest = candidate_manifest(ctx, candidate.recipe, candidate.staging, files, options)
+    candidate.manifest.save(candidate.staging)
+    candidate.classifier = load(candidate.staging)
+    if candidate.measured is not None:
+        candidate.measured.runtime_precision = candidate.classifier.precision
 
 
 def _measure_accuracy(ctx: _Context, candidate: _Candidate) -> None:
@@ -293,8 +307,6 @@ def _restore_onnx(ctx: _Context, built: list[_Candidate]) -> _Candidate | None:
     """ONNX Runtime: the most accurate ORT-quantizer recipe with its worst layers back in float."""
     from dataclasses import replace
 
-    from edge_cls.runtimes import load
-
     from .onnxruntime_export import restore_accuracy
 
     tried = [c for c in built if c.recipe.ort is not None and c.measured is not None and not c.measured.error]
@@ -326,14 +338,7 @@ def _restore_onnx(ctx: _Context, built: list[_Candidate]) -> _Candidate | None:
         return candidate
     _, kept_float = result
     candidate.measured.extra["kept_float"] = kept_float
-    candidate.manifest = Manifest(
-        backend="onnxruntime", precision="int8", model_file="model.onnx", spec=ctx.spec, labels=ctx.labels,
-        files=describe_files(staging, ["model.onnx"]), task=ctx.task, model_name=ctx.model_name, recipe=recipe.name,
-        tools=tool_versions(),
-    )
-    candidate.manifest.save(staging)
-    candidate.classifier = load(staging)
-    candidate.measured.runtime_precision = candidate.classifier.precision
+    _open_candidate(ctx, candidate, ["model.onnx"], {})
     _measure_accuracy(ctx, candidate)
     return candidate
 
@@ -380,9 +385,9 @@ def _calibrate(manifest: Manifest, logits: np.ndarray, ref: ReferenceSet) -> Non
     """Fit the artifact's own calibration on the check images (held out from training and from
     calibration): a temperature for single-label models, a threshold per class for multi-label ones;
     and summarise its answers there, for drift checks on production data."""
-    from edge_cls.confidence import calibrate, class_thresholds
-    from edge_cls.monitor import summarize
     from edge_cls.predictions import softmax
+    from edge_cls.quality.confidence import calibrate, class_thresholds
+    from edge_cls.quality.drift import summarize
 
     targets = ref.targets
     if manifest.task == "multi_label":
@@ -414,11 +419,8 @@ def _is_transformer(onnx_path: Path) -> bool:
 
 
 def _cpu_has_bf16(fmt: str) -> bool:
-    if fmt != "openvino":
-        return False
-    try:
-        import openvino as ov
+    """Whether the format's backend computes bf16 natively on this machine's CPU (else a bf16
+    candidate would only repeat FP32)."""
+    from edge_cls.runtimes import backend_class
 
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except Exception:  # no CPU plugin or an old OpenVINO: no bf16 candidates
-        return False
+    return "bf16" in backend_class(FORMATS[fmt].backend).native_precisions("CPU")

@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from edge_cls._fileio import fsync_directory, fsync_tree
+from edge_cls.artifact.manifest import MANIFEST_NAME
 from edge_cls.errors import ExportError
-from edge_cls.manifest import MANIFEST_NAME
 
 from .formats import ExportTarget
 

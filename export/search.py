@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edge_cls.errors import ConfigError, ExportError
-from edge_cls.timing import RoundRobinTiming
+from edge_cls.measure.timing import RoundRobinTiming
 
 from .formats import AUTO
 

@@ -16,10 +16,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edge_cls.artifact.integrity import ArtifactFiles
+from edge_cls.artifact.manifest import read_artifact
 from edge_cls.backends import BACKENDS
 from edge_cls.errors import BackendUnavailableError, ConfigError
-from edge_cls.integrity import ArtifactFiles
-from edge_cls.manifest import read_artifact
 
 from .base import Backend, Classifier, ClassifierClosedError, ImageResult, Pipeline, ResultStream
 
@@ -47,6 +47,7 @@ def load(
     backend: str | None = None,
     verify: bool = True,
     key: bytes | str | None = None,
+    throughput: bool = False,
     **options: Any,
 ) -> Classifier:
     """Open an artifact directory and return a :class:`Classifier`.
@@ -60,6 +61,11 @@ def load(
             checked, not the file again.
         key: manifest signing key (default: ``$EDGE_CLS_MANIFEST_KEY_FILE`` or
             ``$EDGE_CLS_MANIFEST_KEY``); with one, an unsigned or wrongly signed artifact is refused.
+        throughput: the classifier will serve a stream (``predict_stream``, ``predict_batch(workers=N)``,
+            a server) rather than one image at a time: each backend applies its own
+            :attr:`~Backend.throughput_options` (ONNX Runtime: idle threads sleep instead of spinning, so
+            decoding threads get the cores; OpenVINO: the THROUGHPUT hint, several streams). Options
+            given explicitly win.
         options: backend options, e.g. ``device="GPU"`` for OpenVINO, ``threads=2``.
     """
     directory = Path(path)
@@ -71,6 +77,8 @@ def load(
             f"the {cls.name} backend cannot read {manifest.model_file} (it reads {', '.join(cls.suffixes)}); "
             f"use backend={manifest.backend!r}"
         )
+    if throughput:
+        options = {**cls.throughput_options, **options}
     return Classifier(cls.open(files, manifest, **options), manifest, directory)
 
 

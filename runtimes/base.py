@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edge_cls.artifact.integrity import ArtifactFiles
+from edge_cls.artifact.manifest import Manifest
 from edge_cls.errors import ConfigError, EdgeClsError
-from edge_cls.integrity import ArtifactFiles
-from edge_cls.manifest import Manifest
-from edge_cls.predictions import AnswerOptions, Decision, Prediction, answer
+from edge_cls.predictions import AnswerOptions, Decision, Prediction, decide
 from edge_cls.preprocess import ImageInput, PreprocessSpec
 
 from .streaming import ImageResult, Pipeline, ResultStream, check_top_k_options, classify_chunk, stream_results
@@ -39,6 +39,11 @@ class Backend(ABC):
 
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]]  # model file suffixes this backend can read
+    #: The options that make this backend serve a stream well (``load(..., throughput=True)``):
+    #: several batches in flight while other threads decode images beside it.
+    throughput_options: ClassVar[dict[str, Any]] = {}
+    _precision: str = "f32"
+    _device: str = "CPU"
 
     @classmethod
     @abstractmethod
@@ -51,13 +56,25 @@ class Backend(ABC):
         """Float32 batch in the spec's layout in, (batch, classes) float32 logits out. Thread-safe."""
 
     @property
-    @abstractmethod
     def precision(self) -> str:
         """The numeric precision the backend actually runs the model in (e.g. ``f32``, ``i8+bf16``)."""
+        return self._precision
 
     @property
     def device(self) -> str:
-        return "CPU"
+        """Where it runs (``CPU``, ``GPU``, ``CUDA``, an execution provider)."""
+        return self._device
+
+    @classmethod
+    def native_precisions(cls, device: str = "CPU") -> frozenset[str]:
+        """The precisions this backend computes natively on ``device`` of this machine (e.g. ``bf16``
+        only on CPUs that have it): a candidate in another precision would only repeat FP32."""
+        return frozenset({"fp32", "fp16", "int8"})
+
+    def vendor_benchmark(self, model_path: Path, manifest: Manifest, *, iterations: int) -> dict[str, Any] | None:
+        """The backend vendor's own latency tool on the same model file, batch 1, for a side by side
+        with edge-cls's figures; None where the vendor has none."""
+        return None
 
     @property
     def concurrency(self) -> int:
@@ -156,7 +173,7 @@ class Classifier:
         k: int = 5,
         *,
         batch_size: int = 32,
-        **answer: Any,
+        **answer_options: Any,
     ) -> list[Prediction] | list[list[Prediction]]:
         """Top-k predictions for one image, or a list of top-k lists for a list of images.
 
@@ -168,14 +185,14 @@ class Classifier:
         A bad image raises :class:`InvalidImageError`; use :meth:`predict_batch` to keep going.
         """
         self._check_open()
-        options = AnswerOptions(k=k, **answer)
+        options = AnswerOptions(k=k, **answer_options)
         check_top_k_options(k, batch_size)
         if not isinstance(images, (list, tuple)):
-            return self.answer(self.logits(self.preprocess(images)[None]), options)[0]
+            return self.answers(self.logits(self.preprocess(images)[None]), options)[0]
         results: list[list[Prediction]] = []
         for start in range(0, len(images), batch_size):
             batch = np.stack([self.preprocess(image) for image in images[start : start + batch_size]])
-            results += self.answer(self.logits(batch), options)
+            results += self.answers(self.logits(batch), options)
         return results
 
     def predict_batch(
@@ -185,23 +202,23 @@ class Classifier:
         *,
         batch_size: int = 8,
         workers: int = 0,
-        **answer: Any,
+        **answer_options: Any,
     ) -> list[ImageResult]:
         """Classify many images in batches; an image that cannot be read gets an error, the rest go on.
 
         ``workers`` > 0 decodes on that many threads while the backend runs (see :meth:`predict_stream`).
-        ``answer`` takes the options of :meth:`predict` (``min_confidence``, ``calibrated``, ...).
+        ``answer_options`` are the options of :meth:`predict` (``min_confidence``, ``calibrated``, ...).
         """
         if workers == 0:
             self._check_open()
-            options = AnswerOptions(k=k, **answer)
+            options = AnswerOptions(k=k, **answer_options)
             check_top_k_options(k, batch_size)
             items = list(images)
             results: list[ImageResult] = []
             for start in range(0, len(items), batch_size):
                 results += classify_chunk(self, items[start : start + batch_size], options)
             return results
-        with self.predict_stream(images, k, batch_size=batch_size, workers=workers, **answer) as stream:
+        with self.predict_stream(images, k, batch_size=batch_size, workers=workers, **answer_options) as stream:
             return list(stream)
 
     def predict_stream(
@@ -212,7 +229,7 @@ class Classifier:
         batch_size: int = 8,
         workers: int | None = None,
         prefetch: int | None = None,
-        **answer: Any,
+        **answer_options: Any,
     ) -> ResultStream:
         """Classify an iterable of images, possibly endless, as a pipeline; results come in input order.
 
@@ -225,7 +242,7 @@ class Classifier:
         options of :meth:`predict`.
         """
         self._check_open()
-        options = AnswerOptions(k=k, **answer)
+        options = AnswerOptions(k=k, **answer_options)
         check_top_k_options(k, batch_size)
         return ResultStream(stream_results(
             self, images, options=options, batch_size=batch_size, workers=workers, prefetch=prefetch,
@@ -239,13 +256,13 @@ class Classifier:
         self._check_open()
         return Pipeline(self, workers=workers, max_pending=max_pending)
 
-    def top_k(self, logits: np.ndarray, k: int = 5, **answer: Any) -> list[list[Prediction]]:
+    def top_k(self, logits: np.ndarray, k: int = 5, **answer_options: Any) -> list[list[Prediction]]:
         """Top-k predictions of each row of ``logits``, with this artifact's labels, task and calibration."""
-        return self.answer(logits, AnswerOptions(k=k, **answer))
+        return self.answers(logits, AnswerOptions(k=k, **answer_options))
 
-    def answer(self, logits: np.ndarray, options: AnswerOptions) -> list[list[Prediction]]:
-        """The answers for each row of ``logits`` (see :func:`edge_cls.predictions.answer`)."""
-        return answer(logits, self.labels, options.k, decision=options.applied_to(self.decision),
+    def answers(self, logits: np.ndarray, options: AnswerOptions) -> list[list[Prediction]]:
+        """The answers for each row of ``logits`` (see :func:`edge_cls.predictions.decide`)."""
+        return decide(logits, self.labels, options.k, decision=options.applied_to(self.decision),
                       min_confidence=options.min_confidence, threshold=options.threshold)
 
     @contextmanager

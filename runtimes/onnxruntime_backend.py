@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_cls.artifact.integrity import ArtifactFiles
+from edge_cls.artifact.manifest import Manifest
 from edge_cls.errors import ArtifactError, ConfigError
-from edge_cls.integrity import ArtifactFiles
-from edge_cls.manifest import Manifest
 
 from .base import Backend
 
@@ -27,6 +27,8 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     suffixes = (".onnx",)
+    # Idle intra-op threads sleep instead of spinning, leaving the cores to the decoding threads.
+    throughput_options = {"spin": False}
 
     def __init__(self, session: Any, input_name: str, output_name: str, precision: str) -> None:
         self._session = session
@@ -48,7 +50,7 @@ class OnnxRuntimeBackend(Backend):
         """``spin=False`` stops ORT's idle intra-op threads from busy-waiting for the next call: on a
         few cores that leaves CPU to the decoding threads of :meth:`Classifier.predict_stream`
         (2 vCPUs: 1.7-2.3x a ``predict`` loop instead of 1.4-1.7x, benchmarks/results/runtime.md)
-        but wakes them late for the next call, so keep the default for one image at a time."""
+        but wakes them late for the next call. ``load(..., throughput=True)`` sets it."""
         import onnxruntime as ort  # lazy: only apps that use this backend pay for it
 
         if options:
@@ -81,10 +83,6 @@ class OnnxRuntimeBackend(Backend):
         backend = cls(session, input_name, output_name, precision)
         backend._external_data = external  # ORT may use in-memory external data in place: keep it alive
         return backend
-
-    @property
-    def precision(self) -> str:
-        return self._precision
 
     @property
     def device(self) -> str:

@@ -8,14 +8,14 @@ otherwise, so the hint stored in the manifest (``f32`` for FP32 artifacts) is ap
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from edge_cls.artifact.integrity import ArtifactFiles
+from edge_cls.artifact.manifest import Manifest
 from edge_cls.errors import ArtifactError, ConfigError
-from edge_cls.integrity import ArtifactFiles
-from edge_cls.manifest import Manifest
 
 from .base import Backend
 from .pool import ResourcePool
@@ -35,6 +35,7 @@ class OpenVINOBackend(Backend):
 
     name = "openvino"
     suffixes = (".xml", ".onnx")
+    throughput_options = {"performance_hint": "THROUGHPUT"}
 
     def __init__(self, compiled: Any, device: str) -> None:
         self._compiled = compiled
@@ -66,12 +67,7 @@ class OpenVINOBackend(Backend):
                 "known: device, inference_precision, performance_hint, threads"
             )
         config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
-        # An FP32 model keeps FP32 whatever the artifact (an ONNX file run here has no OpenVINO options).
-        precision = (
-            inference_precision
-            or manifest.runtime_options.get("inference_precision")
-            or ("f32" if manifest.precision == "fp32" else None)
-        )
+        precision = inference_precision or precision_hint(manifest)
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         if threads:
@@ -83,14 +79,6 @@ class OpenVINOBackend(Backend):
         except RuntimeError as e:
             raise ArtifactError(f"{files.path()} could not be loaded by OpenVINO on {device} ({e})") from e
         return cls(compiled, device)
-
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @property
-    def device(self) -> str:
-        return self._device
 
     @property
     def concurrency(self) -> int:
@@ -107,6 +95,31 @@ class OpenVINOBackend(Backend):
     def close(self) -> None:
         self._requests.close()
         self._compiled = None
+
+    @classmethod
+    def native_precisions(cls, device: str = "CPU") -> frozenset[str]:
+        """From the device's ``OPTIMIZATION_CAPABILITIES`` (bf16 only on CPUs that have it)."""
+        import openvino as ov
+
+        try:
+            capabilities = set(ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES"))
+        except RuntimeError:  # no such device, or a plugin that does not say
+            return frozenset({"fp32"})
+        names = {"FP32": "fp32", "FP16": "fp16", "BF16": "bf16", "INT8": "int8"}
+        return frozenset(names[c] for c in capabilities if c in names) | {"fp32"}
+
+    def vendor_benchmark(self, model_path: Path, manifest: Manifest, *, iterations: int) -> dict[str, Any] | None:
+        """OpenVINO's ``benchmark_app -hint latency`` on the same model, device and precision hint."""
+        from .openvino_tool import run_benchmark_app
+
+        return run_benchmark_app(model_path, manifest.input_name, manifest.spec.input_shape, device=self._device,
+                                 inference_precision=precision_hint(manifest), iterations=iterations)
+
+
+def precision_hint(manifest: Manifest) -> str | None:
+    """The inference precision the artifact asks for; an FP32 model keeps FP32 whatever the artifact
+    (an ONNX file run here has no OpenVINO options, and OpenVINO would run it in bf16 where it can)."""
+    return manifest.runtime_options.get("inference_precision") or ("f32" if manifest.precision == "fp32" else None)
 
 
 def _optimal_requests(compiled: Any) -> int:

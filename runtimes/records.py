@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from edge_cls.manifest import MANIFEST_NAME
+from edge_cls.artifact.manifest import MANIFEST_NAME
 from edge_cls.preprocess import ImageInput
 
 from .base import Classifier
@@ -46,10 +46,10 @@ def record(result: ImageResult, identity: dict[str, str]) -> dict[str, Any]:
 
 
 def records(classifier: Classifier, images: Iterable[ImageInput], k: int = 5, *, batch_size: int = 8,
-            workers: int | None = None, **answer: Any) -> Iterator[dict[str, Any]]:
+            workers: int | None = None, **answer_options: Any) -> Iterator[dict[str, Any]]:
     """Records for every image, streamed in input order (memory stays flat however many there are);
-    ``answer`` takes the options of :meth:`Classifier.predict` (``min_confidence``, ...)."""
+    ``answer_options`` are the options of :meth:`Classifier.predict` (``min_confidence``, ...)."""
     identity = artifact_identity(classifier)
-    with classifier.predict_stream(images, k, batch_size=batch_size, workers=workers, **answer) as stream:
+    with classifier.predict_stream(images, k, batch_size=batch_size, workers=workers, **answer_options) as stream:
         for result in stream:
             yield record(result, identity)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_cls.errors import ConfigError, EdgeClsError, InvalidImageError
-from edge_cls.predictions import AnswerOptions, Prediction
+from edge_cls.predictions import AnswerOptions, Prediction, check_k
 from edge_cls.preprocess import ImageInput
 
 if TYPE_CHECKING:
@@ -58,8 +58,7 @@ def describe(image: ImageInput) -> str:
 
 
 def check_top_k_options(k: int, batch_size: int = 1) -> None:
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ConfigError(f"k must be a positive integer, got {k!r}")
+    check_k(k)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size!r}")
 
@@ -104,7 +103,7 @@ def finish_chunk(classifier: Classifier, chunk: PreprocessedChunk, options: Answ
     """Run the backend on a preprocessed chunk (its failures propagate) and pair predictions with images."""
     results: list[ImageResult | None] = [None] * len(chunk.sources)
     if chunk.tensors is not None:
-        predictions = classifier.answer(classifier.logits(chunk.tensors), options)
+        predictions = classifier.answers(classifier.logits(chunk.tensors), options)
         for position, preds in zip(chunk.ok, predictions):
             results[position] = ImageResult(chunk.sources[position], preds)
     for position, error in chunk.errors.items():
@@ -148,12 +147,12 @@ class Pipeline:
 
     def submit(
         self, images: Sequence[ImageInput], k: int = 5, *, options: AnswerOptions | None = None,
-        block: bool = True, timeout: float | None = None, **answer: Any,
+        block: bool = True, timeout: float | None = None, **answer_options: Any,
     ) -> Future[list[ImageResult]]:
         """Queue one batch. When ``max_pending`` batches are unfinished, wait for a free place
         (``block``, up to ``timeout`` s) or raise :class:`PipelineFullError`. ``options`` (or the
         keyword arguments of :class:`~edge_cls.predictions.AnswerOptions`) say what to answer."""
-        options = options or AnswerOptions(k=k, **answer)
+        options = options or AnswerOptions(k=k, **answer_options)
         if self._closed:
             raise PipelineFullError("the pipeline is closed")
         acquired = self._slots.acquire(timeout=timeout) if block else self._slots.acquire(blocking=False)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from edge_cls.artifact.integrity import ArtifactFiles
+from edge_cls.artifact.manifest import Manifest
 from edge_cls.errors import ArtifactError, BackendUnavailableError, ConfigError, EdgeClsError
-from edge_cls.integrity import ArtifactFiles
-from edge_cls.manifest import Manifest
 
 from .base import Backend
 from .pool import ResourcePool
@@ -63,6 +63,7 @@ class TensorRTBackend(Backend):
         self._input = input_name
         self._output = output_name
         self._precision = precision
+        self._device = "CUDA"
         self._device_index = device
         self._slots: ResourcePool[_Slot] = ResourcePool(self._new_slot, self._free_slot)
         self.max_batch = int(engine.get_tensor_profile_shape(input_name, 0)[2][0])
@@ -90,13 +91,6 @@ class TensorRTBackend(Backend):
         precision = _PRECISION_NAMES.get(manifest.precision, manifest.precision)
         return cls(engine, manifest.input_name, manifest.output_name, precision, device=device)
 
-    @property
-    def precision(self) -> str:
-        return self._precision
-
-    @property
-    def device(self) -> str:
-        return "CUDA"
 
     def _new_slot(self) -> _Slot:
         context = self._engine.create_execution_context()

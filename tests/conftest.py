@@ -54,9 +54,9 @@ def tiny_checkpoint(digits_root, tmp_path_factory):
     """A tiny student trained for one epoch on the small digit set, saved as an edge-cls checkpoint."""
     import torch
 
-    from edge_cls.config import TrainConfig
     from edge_cls.data import load_splits
     from edge_cls.training.checkpoints import Checkpoint
+    from edge_cls.training.config import TrainConfig
     from edge_cls.training.loop import criterion_for, fit
     from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
     from edge_cls.training.tasks import classification_task

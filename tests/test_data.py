@@ -180,3 +180,22 @@ def test_preprocessing_to_a_file_holds_one_batch_not_the_split(digits_root, tmp_
     finally:
         tracemalloc.stop()
     assert peak < whole / 20, (peak, whole)  # numpy reports its buffers to tracemalloc
+
+
+def test_image_files_is_the_one_scan_and_says_what_it_looked_for(tmp_path):
+    from PIL import Image
+
+    from edge_cls.data import image_files, iter_images
+
+    with pytest.raises(DataError, match="holds no images .looked for .*jpg"):
+        image_files(tmp_path)
+    with pytest.raises(DataError, match="does not exist"):
+        image_files(tmp_path / "missing")
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "sub" / "a.png")
+    (tmp_path / "sub" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError, match="only in sub-folders: add --recursive"):
+        image_files(tmp_path, recursive=False)
+    assert image_files(tmp_path) == [tmp_path / "sub" / "a.png"]
+    assert list(iter_images([tmp_path / "sub" / "notes.txt", tmp_path])) == [
+        tmp_path / "sub" / "notes.txt", tmp_path / "sub" / "a.png"]  # a named file is kept: its error is its own

@@ -52,20 +52,20 @@ def test_label_count_must_match():
 
 
 def test_answers_are_calibrated_and_keep_the_raw_score():
-    from edge_cls.predictions import Decision, answer
+    from edge_cls.predictions import Decision, decide
 
     logits = np.array([[4.0, 0.0, 0.0]])
-    [preds] = answer(logits, LABELS, k=2, decision=Decision(temperature=2.0))
+    [preds] = decide(logits, LABELS, k=2, decision=Decision(temperature=2.0))
     assert preds[0].label == "cat" and preds[0].score == pytest.approx(softmax(logits / 2)[0, 0])
     assert preds[0].raw_score == pytest.approx(softmax(logits)[0, 0]) and preds[0].raw_score > preds[0].score
-    [uncalibrated] = answer(logits, LABELS, k=1, decision=Decision(temperature=2.0), calibrated=False)
+    [uncalibrated] = decide(logits, LABELS, k=1, decision=Decision(temperature=2.0), calibrated=False)
     assert uncalibrated[0].score == pytest.approx(preds[0].raw_score)
 
 
 def test_abstention_below_min_confidence():
-    from edge_cls.predictions import answer
+    from edge_cls.predictions import decide
 
-    sure, unsure = answer(np.array([[5.0, 0.0, 0.0], [0.2, 0.1, 0.0]]), LABELS, k=2, min_confidence=0.6)
+    sure, unsure = decide(np.array([[5.0, 0.0, 0.0], [0.2, 0.1, 0.0]]), LABELS, k=2, min_confidence=0.6)
     assert sure[0].label == "cat" and not sure[0].unknown
     assert unsure[0].unknown and unsure[0].label == "unknown" and unsure[0].index == -1
     assert [p.label for p in unsure[1:]] == ["cat", "dog"]  # the candidates are still there
@@ -73,14 +73,14 @@ def test_abstention_below_min_confidence():
 
 
 def test_hierarchy_answers_at_the_finest_level_that_clears_the_threshold():
-    from edge_cls.predictions import Decision, answer
+    from edge_cls.predictions import Decision, decide
     from edge_cls.taxonomy import Taxonomy
 
     labels = ["husky", "beagle", "tabby", "car"]
     tax = Taxonomy.from_mapping({"husky": "dog", "beagle": "dog", "tabby": "cat", "dog": "animal",
                                  "cat": "animal"}, labels)
     logits = np.log(np.array([[0.45, 0.4, 0.1, 0.05], [0.3, 0.05, 0.3, 0.35], [0.9, 0.05, 0.03, 0.02]]))
-    results = answer(logits, labels, k=1, decision=Decision(taxonomy=tax), min_confidence=0.7)
+    results = decide(logits, labels, k=1, decision=Decision(taxonomy=tax), min_confidence=0.7)
     assert (results[0][0].label, results[0][0].kind) == ("dog", "ancestor")
     assert results[0][0].score == pytest.approx(0.85) and results[0][0].path == ("animal", "dog")
     assert results[1][0].unknown  # animal 0.65 < 0.7: no level clears it
@@ -89,11 +89,11 @@ def test_hierarchy_answers_at_the_finest_level_that_clears_the_threshold():
 
 
 def test_multi_label_uses_per_class_thresholds():
-    from edge_cls.predictions import Decision, answer
+    from edge_cls.predictions import Decision, decide
 
     logits = np.log(np.array([[0.3, 0.6, 0.2]]) / (1 - np.array([[0.3, 0.6, 0.2]])))
     decision = Decision(task="multi_label", thresholds=(0.25, 0.7, 0.1))
-    [preds] = answer(logits, LABELS, k=3, decision=decision)
+    [preds] = decide(logits, LABELS, k=3, decision=decision)
     assert [p.label for p in preds] == ["cat", "fox"]
-    [none] = answer(logits, LABELS, k=3, decision=decision, threshold=0.9)
+    [none] = decide(logits, LABELS, k=3, decision=decision, threshold=0.9)
     assert none[0].unknown

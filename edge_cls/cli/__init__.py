@@ -13,7 +13,7 @@ import logging
 import sys
 import warnings
 
-from ..errors import EdgeClsError
+from edge_cls.errors import EdgeClsError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2

@@ -54,8 +54,9 @@ def add_parsers(sub: Any) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from ..benchmark import bench_artifact
-    from ..report import machine_description, text_table
+    from edge_cls.measure.latency import bench_artifact
+    from edge_cls.measure.machine import machine_description
+    from edge_cls.measure.tables import text_table
 
     images = _bench_images(args.images)
     rows, app_rows = [], []
@@ -63,8 +64,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         backend = {"backend": args.backend} if args.backend else {}
         batches = None
         if args.data_dir:
-            from ..data import iter_split_batches, labelled_split
-            from ..manifest import load_manifest
+            from edge_cls.artifact.manifest import load_manifest
+            from edge_cls.data import iter_split_batches, labelled_split
 
             manifest = load_manifest(artifact)
             split = labelled_split(args.data_dir, split=args.split, classes=manifest.labels)
@@ -76,12 +77,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if images or args.cold_start or args.benchmark_app:
             app_rows.append(_bench_app(args, artifact, images, backend))
     if args.json:
-        from ..app_benchmark import device_model
+        from edge_cls.measure.machine import device_model
 
         print(json.dumps({"machine": machine_description(), "device": device_model(),
                           "rows": [r.to_dict() for r in rows], "app": [r.to_dict() for r in app_rows]}, indent=2))
     else:
-        from ..app_report import app_table
+        from edge_cls.measure.tables import app_table
 
         print(text_table(rows))
         if app_rows:
@@ -92,13 +93,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _bench_images(folder: Path | None) -> list[Path] | None:
     if folder is None:
         return None
-    from ..app_benchmark import image_files
+    from edge_cls.data import image_files
 
     return image_files(folder)
 
 
 def _bench_app(args: argparse.Namespace, artifact: Path, images: list[Path] | None, backend: dict[str, Any]) -> Any:
-    from ..app_benchmark import bench_app
+    from edge_cls.measure.app import bench_app
 
     backend = {key: value for key, value in backend.items() if key == "backend"}
     return bench_app(artifact, images=images, cold=args.cold_start, tool=args.benchmark_app, rounds=args.rounds,
@@ -110,13 +111,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from ..runtimes import load
-    from ..serve import ServeOptions, Server
-    from .predict import streaming_load_options
+    from edge_cls.runtimes import load
+    from edge_cls.serve import ServeOptions, Server
 
     serve_options = ServeOptions(host=args.host, port=args.port, k=args.topk, max_queue=args.max_queue,
                                  max_bytes=int(args.max_upload_mb * 2**20), workers=args.workers or None)
-    classifier = load(args.artifact, **streaming_load_options(args.artifact, args.backend, args.workers or None))
+    backend = {"backend": args.backend} if args.backend else {}
+    classifier = load(args.artifact, throughput=True, **backend)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -130,7 +131,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from ..manifest import load_manifest
+    from edge_cls.artifact.manifest import load_manifest
 
     manifest = load_manifest(args.artifact)
     if args.json:
@@ -165,7 +166,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if manifest.accepted_drop:
         lines.append("WARNING:    shipped although it missed the accuracy bar (--accept-drop)")
     if manifest.search:
-        from ..export.search import format_search
+        from edge_cls.export.search import format_search
 
         lines += format_search(manifest.search)
     print("\n".join(lines))

@@ -7,15 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .._fileio import read_user_text
-from ..errors import ConfigError, DataError
+from edge_cls._fileio import read_user_text
+from edge_cls.errors import ConfigError, DataError
+
 from . import options
 
 IMAGENET_CLASSES = 1000
 
 
 def add_parser(sub: Any) -> None:
-    from ..export.formats import format_table  # light: no torch
+    from edge_cls.export.formats import format_table  # light: no torch
 
     e = sub.add_parser(
         "export",
@@ -68,13 +69,13 @@ def read_labels(path: Path) -> list[str]:
 
 
 def run_zero_shot(args: argparse.Namespace) -> int:
-    from ..export import resolve_targets
+    from edge_cls.export import resolve_targets
 
     if not args.clip_model or not args.labels:
         raise ConfigError("give --clip-model NAME (and --clip-pretrained TAG|FILE) and --labels FILE with the class "
                           "names")
     targets = _check_export_args(args, resolve_targets)
-    from ..training.clip import read_templates, zero_shot_classifier
+    from edge_cls.training.clip import read_templates, zero_shot_classifier
 
     labels = read_labels(args.labels)
     model, spec = zero_shot_classifier(args.clip_model, args.clip_pretrained, labels, read_templates(args.templates))
@@ -95,8 +96,8 @@ def _check_export_args(args: argparse.Namespace, resolve_targets: Any) -> list:
 
 def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec: Any, labels: list[str],
                        name: str) -> int:
-    from ..export import AccuracyBar, SearchSettings, export_artifacts
-    from ..taxonomy import Taxonomy
+    from edge_cls.export import AccuracyBar, SearchSettings, export_artifacts
+    from edge_cls.taxonomy import Taxonomy
 
     taxonomy = Taxonomy.from_file(args.taxonomy, labels) if args.taxonomy else None
     calibrate = any(t.needs_calibration for t in targets)
@@ -117,7 +118,7 @@ def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from ..export import resolve_targets
+    from edge_cls.export import resolve_targets
 
     if args.model is None and args.checkpoint is None:
         raise ConfigError("give --model NAME (with --weights or --pretrained) or --checkpoint FILE")
@@ -129,8 +130,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:
-    from ..training.checkpoints import Checkpoint
-    from ..training.models import ModelRecipe, create_model, spec_for_model
+    from edge_cls.training.checkpoints import Checkpoint
+    from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
 
     if args.checkpoint:
         checkpoint = Checkpoint.load(args.checkpoint)
@@ -152,16 +153,16 @@ def _calibration_and_check(
     scored by top-1, others by agreement with PyTorch."""
     import numpy as np
 
-    from ..calibration_data import (
+    from edge_cls.calibration_data import (
         DEFAULT_CHECK_SIZE,
         CalibrationSet,
         default_cache_dir,
         folder_labels,
-        image_files,
         split_folder,
         stratified_sample,
     )
-    from ..export import ReferenceSet
+    from edge_cls.data import image_files
+    from edge_cls.export import ReferenceSet
 
     size = args.calibration_size or 300
     augment = size if args.calib_augment else 0

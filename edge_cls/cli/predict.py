@@ -4,10 +4,9 @@ like the ones an artifact was validated on. Torch-free: one runtime is enough.""
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,50 +37,26 @@ def add_parsers(sub: Any) -> None:
     c.set_defaults(func=_cmd_check)
 
 
-def image_paths(sources: list[Path], *, recursive: bool) -> Iterator[Path]:
-    """The image files named, and those inside the folders named (sorted; sub-folders with
-    ``recursive``), listed lazily so a folder of millions costs no memory up front."""
-    from ..data import IMAGE_SUFFIXES
-
-    for source in sources:
-        if not source.is_dir():
-            yield source  # a missing or unreadable file becomes that image's error
-            continue
-        for root, dirs, files in os.walk(source):
-            dirs.sort()
-            if not recursive:
-                dirs.clear()
-            for name in sorted(files):
-                if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                    yield Path(root) / name
-
-
-def streaming_load_options(artifact: str, backend: str | None, workers: int | None) -> dict[str, Any]:
-    """Load options for a classifier that decodes on worker threads while it infers: ONNX Runtime's
-    idle threads then stop busy-waiting, which leaves the cores to decoding (see its ``spin``)."""
-    from ..manifest import load_manifest
-
-    load_options: dict[str, Any] = {"backend": backend} if backend else {}
-    # verify=False: load() checks the files right after; here only the backend's name is needed
-    if workers != 0 and (backend or load_manifest(artifact, verify=False).backend) == "onnxruntime":
-        load_options["spin"] = False
-    return load_options
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from ..progress import progress
-    from ..runtimes import load
-    from ..runtimes.records import artifact_identity, record
+    from edge_cls.data import iter_images, no_images_error
+    from edge_cls.progress import progress
+    from edge_cls.runtimes import load
+    from edge_cls.runtimes.records import artifact_identity, record
 
-    answer = {"min_confidence": args.min_confidence, "calibrated": not args.raw_scores}
+    answer_options = {"min_confidence": args.min_confidence, "calibrated": not args.raw_scores}
     failed = total = 0
-    with load(args.artifact, **streaming_load_options(args.artifact, args.backend, args.workers)) as classifier:
+    backend = {"backend": args.backend} if args.backend else {}
+    with load(args.artifact, throughput=args.workers != 0, **backend) as classifier:
         identity = artifact_identity(classifier)
-        paths = (str(p) for p in image_paths(args.images, recursive=args.recursive))
+        paths = iter_images(args.images, recursive=args.recursive)
+        first = next(paths, None)
+        if first is None:
+            raise no_images_error(args.images, recursive=args.recursive)
+        paths = (str(p) for p in itertools.chain([first], paths))
         workers = 0 if args.workers == 0 else args.workers
         collected = []
         with classifier.predict_stream(paths, args.topk, batch_size=args.batch_size, workers=workers,
-                                       **answer) as stream:
+                                       **answer_options) as stream:
             for result in progress(stream, desc="predict", unit="img", enabled=args.jsonl):
                 total += 1
                 failed += not result.ok
@@ -114,10 +89,11 @@ def _print_results(results: list, as_json: bool) -> None:
 def _cmd_check(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..calibration_data import folder_labels
-    from ..errors import ConfigError
-    from ..monitor import compare
-    from ..runtimes import load
+    from edge_cls.calibration_data import folder_labels
+    from edge_cls.data import image_files
+    from edge_cls.errors import ConfigError
+    from edge_cls.quality.drift import compare
+    from edge_cls.runtimes import load
 
     if args.images is None:
         raise ConfigError("give --images DIR: the production images to check")
@@ -127,9 +103,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if m.task != "single_label" or m.summary is None:
             raise ConfigError(f"{args.artifact} has no validation summary to compare with (multi-label, or built "
                               "before edge-cls stored one): rebuild it with edge-cls build or export")
-        paths = list(image_paths([args.images], recursive=True))
-        if not paths:
-            raise ConfigError(f"{args.images} has no images")
+        paths = image_files(args.images)
         targets = folder_labels(Path(args.images), paths, m.labels)
         probabilities, kept = [], []
         with classifier.predict_stream([str(p) for p in paths], k=len(m.labels)) as stream:

@@ -1,7 +1,7 @@
 """``edge-cls build``, ``distill`` and ``finetune-teacher``: the training side of the command line.
 
 All three read one config file (``--config``, YAML or TOML, shaped like
-:class:`edge_cls.config.BuildConfig`); every flag given overrides it, and the resolved config is
+:class:`edge_cls.training.config.BuildConfig`); every flag given overrides it, and the resolved config is
 written to ``<output>/config.yaml``. In build and distill ``--model`` and the training flags are
 the student's, the ``--teacher-*``/``--kd-*`` flags the teacher's; in finetune-teacher the model
 being trained is the teacher, so ``--model`` and the training flags are its. All three run under
@@ -92,7 +92,7 @@ def _add_distill_flags(p: argparse.ArgumentParser) -> None:
 
 def resolve_build_config(args: argparse.Namespace, *, finetune: bool = False) -> Any:
     """Defaults, then the config file, then the flags given: a BuildConfig."""
-    from ..config import BuildConfig, from_dict, merge, read_config_file, to_plain
+    from edge_cls.training.config import BuildConfig, from_dict, merge, read_config_file, to_plain
 
     data = merge(to_plain(BuildConfig()), read_config_file(args.config) if args.config else {})
     given = vars(args)
@@ -131,14 +131,14 @@ def _legacy_checkpoint(args: argparse.Namespace) -> Path | None:
 
 def _legacy_paths(args: argparse.Namespace) -> Any:
     """``teacher.pt`` and, beside it, ``teacher_run/`` for its state, config and demo data."""
-    from ..training.stage import StagePaths
+    from edge_cls.training.stage import StagePaths
 
     checkpoint = _legacy_checkpoint(args)
     return StagePaths(checkpoint, checkpoint.with_name(checkpoint.stem + "_run"))
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from ..training.pipeline import build
+    from edge_cls.training.build import build
 
     result = build(resolve_build_config(args))
     if result is None:
@@ -151,8 +151,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from ..evaluate import comparison_table
-    from ..training.distill import run_distill
+    from edge_cls.quality.evaluate import comparison_table
+    from edge_cls.training.distill import run_distill
 
     config = resolve_build_config(args)
     outcome = run_distill(config)
@@ -163,9 +163,9 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..training.checkpoints import Checkpoint
-    from ..training.distill import finetune_teacher
+    from edge_cls.errors import ConfigError
+    from edge_cls.training.checkpoints import Checkpoint
+    from edge_cls.training.distill import finetune_teacher
 
     if args.pretrained and args.weights:
         raise ConfigError("pass --pretrained or --weights, not both")

@@ -12,10 +12,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .._fileio import atomic_path
-from ..errors import CheckpointError, ConfigError
-from ..preprocess import PreprocessSpec
-from .models import CHECKPOINT_FORMAT, ModelRecipe, create_model
+from edge_cls._fileio import atomic_path
+from edge_cls.errors import CheckpointError, ConfigError
+from edge_cls.preprocess import PreprocessSpec
+from edge_cls.training.models import CHECKPOINT_FORMAT, ModelRecipe, create_model
 
 CHECKPOINT_VERSION = 1
 # Model keyword arguments a checkpoint may carry into timm.create_model: the ones edge-cls writes

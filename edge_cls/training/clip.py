@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._fileio import read_user_text
-from ..errors import BackendUnavailableError, CheckpointError, ConfigError
-from ..preprocess import PreprocessSpec
+from edge_cls._fileio import read_user_text
+from edge_cls.errors import BackendUnavailableError, CheckpointError, ConfigError
+from edge_cls.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 from timm.data import create_transform
 
-from ..config import TrainConfig
-from ..data import Split
-from ..errors import DataError, InvalidImageError
-from ..preprocess import PreprocessSpec, load_image
+from edge_cls.data import Split
+from edge_cls.errors import DataError, InvalidImageError
+from edge_cls.preprocess import PreprocessSpec, load_image
+from edge_cls.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -21,18 +21,24 @@ from pathlib import Path
 
 import torch
 
-from .._fileio import atomic_path, write_json_atomic, write_text_atomic
-from ..confidence import fit_temperature, plot_reliability
-from ..config import BuildConfig, dump_yaml, to_plain
-from ..data import Split, load_splits, write_demo_dataset
-from ..errors import CheckpointError, ConfigError
-from ..evaluate import Evaluation, comparison_table, evaluate_logits, expected_calibration_error, plot_confusion
-from ..predictions import softmax
-from .checkpoints import Checkpoint
-from .distributed import DistContext, init_from_env
-from .models import ModelRecipe, create_model, load_backbone_weights, model_kwargs, spec_for_model
-from .pseudo_labels import is_unlabelled_root, pseudo_labelled_splits
-from .stage import StageModel, StagePaths, Trained, split_logits, train_stage
+from edge_cls._fileio import atomic_path, write_json_atomic, write_text_atomic
+from edge_cls.data import Split, load_splits, write_demo_dataset
+from edge_cls.errors import CheckpointError, ConfigError
+from edge_cls.predictions import softmax
+from edge_cls.quality.confidence import fit_temperature, plot_reliability
+from edge_cls.quality.evaluate import (
+    Evaluation,
+    comparison_table,
+    evaluate_logits,
+    expected_calibration_error,
+    plot_confusion,
+)
+from edge_cls.training.checkpoints import Checkpoint
+from edge_cls.training.config import BuildConfig, dump_yaml, to_plain
+from edge_cls.training.distributed import DistContext, init_from_env
+from edge_cls.training.models import ModelRecipe, create_model, load_backbone_weights, model_kwargs, spec_for_model
+from edge_cls.training.pseudo_labels import is_unlabelled_root, pseudo_labelled_splits
+from edge_cls.training.stage import StageModel, StagePaths, Trained, split_logits, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +96,7 @@ def dataset_splits(config: BuildConfig, ctx: DistContext) -> dict[str, Split]:
 
 
 def _teacher_labelled(config: BuildConfig, ctx: DistContext) -> dict[str, Split]:
-    from ..data import _read_classes
+    from edge_cls.data import _read_classes
 
     classes = _read_classes(Path(config.data_dir) / "classes.txt")
     knows = config.teacher.startswith(CLIP_PREFIX) or (
@@ -118,7 +124,7 @@ def start_run(config: BuildConfig, ctx: DistContext) -> dict[str, Split]:
     _check_before_training(config)
     splits = dataset_splits(config, ctx)
     if config.taxonomy is not None:  # a bad taxonomy file fails now, not after training
-        from ..taxonomy import Taxonomy
+        from edge_cls.taxonomy import Taxonomy
 
         Taxonomy.from_file(config.taxonomy, splits["train"].classes)
     if ctx.is_main:
@@ -229,7 +235,7 @@ def prepare_teacher(config: BuildConfig, splits: dict[str, Split], ctx: DistCont
 def _clip_teacher(config: BuildConfig, classes: list[str], paths: StagePaths, ctx: DistContext) -> Trained:
     """A CLIP zero-shot classifier over the classes' names; its weights: ``teacher_weights`` (a hub
     tag or a local file)."""
-    from .clip import zero_shot_classifier
+    from edge_cls.training.clip import zero_shot_classifier
 
     name = config.teacher[len(CLIP_PREFIX):]
     if config.teacher_finetune:

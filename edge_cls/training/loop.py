@@ -37,18 +37,18 @@ from timm.task import TrainingTask
 from timm.utils import dispatch_clip_grad, unwrap_model
 from torch.utils.data import DataLoader
 
-from .._fileio import write_text_atomic
-from ..config import TrainConfig
-from ..data import Split, class_weights, log_class_counts, sample_weights
-from ..errors import ConfigError, EdgeClsError
-from ..evaluate import evaluate_logits
-from ..preprocess import PreprocessSpec
-from ..progress import progress
-from .datasets import ImageDataset, train_transform
-from .distributed import DistContext, EpochSampler, init_from_env
-from .models import predict_logits
-from .state import STATE_FILE, read_resumable_state, restore_state, save_state
-from .tasks import eval_module, label_criterion
+from edge_cls._fileio import write_text_atomic
+from edge_cls.data import Split, class_weights, log_class_counts, sample_weights
+from edge_cls.errors import ConfigError, EdgeClsError
+from edge_cls.preprocess import PreprocessSpec
+from edge_cls.progress import progress
+from edge_cls.quality.evaluate import evaluate_logits
+from edge_cls.training.config import TrainConfig
+from edge_cls.training.datasets import ImageDataset, train_transform
+from edge_cls.training.distributed import DistContext, EpochSampler, init_from_env
+from edge_cls.training.models import predict_logits
+from edge_cls.training.state import STATE_FILE, read_resumable_state, restore_state, save_state
+from edge_cls.training.tasks import eval_module, label_criterion
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 from timm.data import resolve_data_config
 
-from ..errors import CheckpointError, ConfigError
-from ..preprocess import PreprocessSpec
+from edge_cls.errors import CheckpointError, ConfigError
+from edge_cls.preprocess import PreprocessSpec
+
 from . import vit_convstem  # noqa: F401  (registers the demo teacher with timm)
 
 logger = logging.getLogger(__name__)

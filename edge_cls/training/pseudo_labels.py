@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._fileio import write_text_atomic
-from ..data import IMAGE_SUFFIXES, ImageFolderSplit, Split, _read_classes
-from ..errors import DataError
-from ..preprocess import PreprocessSpec
-from .models import predict_logits
+from edge_cls._fileio import write_text_atomic
+from edge_cls.data import ImageFolderSplit, Split, _read_classes, image_files
+from edge_cls.errors import DataError
+from edge_cls.preprocess import PreprocessSpec
+from edge_cls.training.models import predict_logits
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def is_unlabelled_root(root: Path) -> bool:
 
 
 def unlabelled_images(root: Path) -> list[Path]:
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = image_files(root)
     if len(files) < 10:
         raise DataError(f"{root} has {len(files)} images: an unlabelled root needs at least 10 (80/10/10 split)")
     return files

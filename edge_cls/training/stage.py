@@ -26,16 +26,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import DistillConfig, TrainConfig
-from ..data import Split, iter_split_batches, preprocess_split_to_file, save_rows
-from ..evaluate import evaluate_logits
-from ..preprocess import PreprocessSpec
-from .checkpoints import Checkpoint
-from .distributed import DistContext
-from .loop import criterion_for, fit
-from .models import ModelRecipe, create_model, load_backbone_weights, predict_logits, spec_for_model
-from .state import STATE_FILE, previous_state_path
-from .tasks import classification_task, distillation_task
+from edge_cls.data import Split, iter_split_batches, preprocess_split_to_file, save_rows
+from edge_cls.preprocess import PreprocessSpec
+from edge_cls.quality.evaluate import evaluate_logits
+from edge_cls.training.checkpoints import Checkpoint
+from edge_cls.training.config import DistillConfig, TrainConfig
+from edge_cls.training.distributed import DistContext
+from edge_cls.training.loop import criterion_for, fit
+from edge_cls.training.models import ModelRecipe, create_model, load_backbone_weights, predict_logits, spec_for_model
+from edge_cls.training.state import STATE_FILE, previous_state_path
+from edge_cls.training.tasks import classification_task, distillation_task
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import torch
 from timm.task import TrainingTask
 from timm.utils import unwrap_model
 
-from .._fileio import atomic_path, fsync_file
-from ..config import TrainConfig
-from ..errors import CheckpointError
+from edge_cls._fileio import atomic_path, fsync_file
+from edge_cls.errors import CheckpointError
+from edge_cls.training.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from timm.task import (
 )
 from timm.utils import unwrap_model
 
-from ..config import DistillConfig
-from ..errors import ConfigError
+from edge_cls.errors import ConfigError
+from edge_cls.training.config import DistillConfig
 
 
 def label_criterion(

@@ -21,7 +21,7 @@ def run(*args, timeout=600):
 
 
 def test_artifacts_carry_a_calibration_fitted_on_held_out_images(artifacts):
-    from edge_cls.manifest import load_manifest
+    from edge_cls.artifact.manifest import load_manifest
     from edge_cls.runtimes import load
 
     manifest = load_manifest(artifacts["onnx-fp32"])

@@ -335,15 +335,3 @@ def test_check_data_must_not_overlap_calibration(tiny_checkpoint, digits_root, t
     result = run("export", "--checkpoint", tiny_checkpoint, "--calib-data", digits_root / "train",
                  "--check-data", digits_root / "train" / "3", "--precisions", "int8", "--output", tmp_path / "o")
     assert_one_line_error(result, "must not be checked on the images it was calibrated on")
-
-
-def test_streams_load_onnxruntime_without_spinning_threads(artifacts):
-    from edge_cls.cli.predict import streaming_load_options
-
-    onnx, openvino = str(artifacts["onnx-fp32"]), str(artifacts["openvino-fp32"])
-    assert streaming_load_options(onnx, None, None) == {"spin": False}
-    assert streaming_load_options(onnx, None, 2) == {"spin": False}
-    assert streaming_load_options(onnx, None, 0) == {}  # no decoding threads: keep batch-1 latency
-    assert streaming_load_options(onnx, "openvino", None) == {"backend": "openvino"}
-    assert streaming_load_options(openvino, None, None) == {}
-    assert streaming_load_options(openvino, "onnxruntime", 2) == {"backend": "onnxruntime", "spin": False}

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from edge_cls.artifact.manifest import load_manifest
 from edge_cls.errors import ConfigError, ExportError
 from edge_cls.export import ReferenceSet, export_artifacts, resolve_targets
-from edge_cls.manifest import load_manifest
 from edge_cls.runtimes import load
 from edge_cls.training.checkpoints import Checkpoint
 
@@ -66,7 +66,7 @@ def test_manifests_record_parity_accuracy_and_tools(artifacts):
 
 
 def test_int8_is_smaller_than_fp32(artifacts):
-    from edge_cls.benchmark import directory_size
+    from edge_cls.measure.latency import directory_size
 
     assert directory_size(artifacts["onnx-int8"]) < directory_size(artifacts["onnx-fp32"])
     assert directory_size(artifacts["openvino-int8"]) < directory_size(artifacts["openvino-fp32"])

@@ -6,7 +6,7 @@ import pytest
 
 from edge_cls.errors import ConfigError, ExportError
 from edge_cls.export.search import AccuracyBar, Measured, faster_than, search_table, select
-from edge_cls.timing import RoundRobinTiming
+from edge_cls.measure.timing import RoundRobinTiming
 
 BAR = AccuracyBar(max_drop=0.3)
 

@@ -5,9 +5,9 @@ import shutil
 import numpy as np
 import pytest
 
+from edge_cls.artifact.integrity import KEY_ENV, KEY_FILE_ENV
+from edge_cls.artifact.manifest import Manifest, describe_files, load_manifest, read_artifact
 from edge_cls.errors import ArtifactError
-from edge_cls.integrity import KEY_ENV, KEY_FILE_ENV
-from edge_cls.manifest import Manifest, describe_files, load_manifest, read_artifact
 from edge_cls.runtimes import backend_class, load
 
 

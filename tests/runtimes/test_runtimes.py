@@ -150,11 +150,33 @@ def test_unknown_backend_and_options(artifacts):
 
 
 def test_onnxruntime_without_spinning_gives_the_same_answers(artifacts, test_images):
+    """The ORT-specific spelling of the throughput wish keeps working."""
     with load(artifacts["onnx-fp32"]) as default, load(artifacts["onnx-fp32"], spin=False) as quiet:
         config = quiet.backend._session.get_session_options().get_session_config_entry
         assert config("session.intra_op.allow_spinning") == "0"
         batch = np.stack([default.preprocess(p) for p in test_images])
         np.testing.assert_array_equal(quiet.logits(batch), default.logits(batch))
+
+
+@pytest.mark.parametrize("name", ["onnx-fp32", "openvino-fp32"])
+def test_throughput_mode_is_one_wish_mapped_by_each_backend(artifacts, test_images, name):
+    """``load(..., throughput=True)``: ONNX Runtime stops spinning, OpenVINO compiles for throughput
+    (streams); the answers stay the same, and options given explicitly win."""
+    with load(artifacts[name]) as latency, load(artifacts[name], throughput=True) as stream:
+        backend = stream.backend
+        if backend.name == latency.backend.name == "onnxruntime":
+            config = backend._session.get_session_options().get_session_config_entry
+            assert config("session.intra_op.allow_spinning") == "0"
+        else:
+            assert str(backend._compiled.get_property("PERFORMANCE_HINT")).endswith("THROUGHPUT")
+            assert backend.concurrency >= 1
+        batch = np.stack([latency.preprocess(p) for p in test_images])
+        np.testing.assert_allclose(stream.logits(batch), latency.logits(batch), rtol=1e-5, atol=1e-5)
+        results = stream.predict_batch(test_images, k=1, workers=2)
+        assert [r.predictions[0].index for r in results] == list(latency.logits(batch).argmax(1))
+    explicit = {"spin": True} if name.startswith("onnx") else {"performance_hint": "LATENCY"}
+    with load(artifacts[name], throughput=True, **explicit) as clf:
+        assert clf.backend.concurrency == 1
 
 
 def test_tampered_model_file_is_refused(artifact_copy):

@@ -61,7 +61,7 @@ def test_zero_shot_artifact_end_to_end(tiny_clip, digits_root, tmp_path, test_im
                "--output", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    from edge_cls.manifest import load_manifest
+    from edge_cls.artifact.manifest import load_manifest
     from edge_cls.runtimes import load
 
     manifest = load_manifest(out / "onnx-fp32")
@@ -79,7 +79,7 @@ def test_a_clip_teacher_labels_unlabelled_images_and_distils(tiny_clip, digits_r
     distils from it, and the labels are kept in pseudo_labels.csv."""
     import csv
 
-    from edge_cls.config import BuildConfig, TrainConfig
+    from edge_cls.training.config import BuildConfig, TrainConfig
     from edge_cls.training.distill import run_distill
 
     root = tmp_path / "unlabelled"
@@ -101,7 +101,7 @@ def test_a_clip_teacher_labels_unlabelled_images_and_distils(tiny_clip, digits_r
 
 
 def test_unlabelled_data_needs_a_teacher_that_knows_the_classes(digits_root, tmp_path):
-    from edge_cls.config import BuildConfig
+    from edge_cls.training.config import BuildConfig
     from edge_cls.training.distill import run_distill
 
     root = tmp_path / "unlabelled"

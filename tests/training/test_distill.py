@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from edge_cls.config import BuildConfig, DistillConfig, TrainConfig
 from edge_cls.errors import CheckpointError, ConfigError
 from edge_cls.training.checkpoints import Checkpoint
+from edge_cls.training.config import BuildConfig, DistillConfig, TrainConfig
 from edge_cls.training.distill import run_distill
 from edge_cls.training.models import ModelRecipe, create_model
 

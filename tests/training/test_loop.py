@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_cls.config import TrainConfig
 from edge_cls.data import load_splits, preprocess_split
 from edge_cls.errors import CheckpointError, ConfigError
-from edge_cls.evaluate import evaluate_logits
+from edge_cls.quality.evaluate import evaluate_logits
+from edge_cls.training.config import TrainConfig
 from edge_cls.training.loop import TrainingDivergedError, criterion_for, fit, size_for_epoch
 from edge_cls.training.models import ModelRecipe, create_model, predict_logits, spec_for_model
 from edge_cls.training.state import STATE_FILE, read_state

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import edge_cls.training.stage as stage
-from edge_cls.config import TrainConfig
 from edge_cls.data import load_splits, preprocess_split, scan_image_folder
+from edge_cls.training.config import TrainConfig
 from edge_cls.training.distributed import DistContext
 from edge_cls.training.models import ModelRecipe, create_model, predict_logits, spec_for_model
 from edge_cls.training.stage import StageModel, StagePaths, Trained, cache_teacher_logits, train_stage

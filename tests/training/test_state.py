@@ -8,9 +8,9 @@ import torch
 
 import edge_cls.training.state as state_module
 from edge_cls._fileio import DiskFullError
-from edge_cls.config import TrainConfig
 from edge_cls.data import load_splits, preprocess_split
 from edge_cls.errors import CheckpointError
+from edge_cls.training.config import TrainConfig
 from edge_cls.training.loop import criterion_for, fit
 from edge_cls.training.models import ModelRecipe, create_model, spec_for_model
 from edge_cls.training.state import STATE_FILE, previous_state_path, read_resumable_state, read_state

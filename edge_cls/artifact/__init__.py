@@ -1,0 +1,1 @@
+"""Artifacts: the manifest, its schema, integrity checks."""

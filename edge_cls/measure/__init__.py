@@ -1,0 +1,1 @@
+"""Torch-free tools that measure: latency, app figures, vendor tools, tegrastats, timing, tables."""

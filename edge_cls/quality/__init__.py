@@ -1,0 +1,1 @@
+"""Torch-free evaluation, confidence fitting, drift checks and plots."""
