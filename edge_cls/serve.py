@@ -2,7 +2,7 @@
 
     POST /predict[?k=5]   body: the image file (any Content-Type image/* or application/octet-stream),
                           or a multipart/form-data upload with one file  -> {"predictions": [...]}
-    GET  /health          {"status": "ok"}
+    GET  /health          {"status": "ok", "queued": requests holding a place now}
     GET  /info            the artifact: model, backend, precision that ran, labels, input, limits
 
 Requests are read on ``http.server``'s threads and classified through one shared, thread-safe
@@ -72,13 +72,21 @@ class ClassifierService:
         self.options = options
         self.pipeline = classifier.pipeline(workers=options.workers, max_pending=options.max_queue)
         self._admitted = threading.BoundedSemaphore(options.max_queue)
+        self._count_lock = threading.Lock()
+        self.queued = 0  # requests holding a place now (reported by /health)
         self.stopping = False
 
     def admit(self) -> bool:
         """Take one of ``max_queue`` places, or say no at once."""
-        return not self.stopping and self._admitted.acquire(blocking=False)
+        if self.stopping or not self._admitted.acquire(blocking=False):
+            return False
+        with self._count_lock:
+            self.queued += 1
+        return True
 
     def leave(self) -> None:
+        with self._count_lock:
+            self.queued -= 1
         self._admitted.release()
 
     def classify(self, image: bytes, k: int) -> list[dict[str, Any]]:
@@ -115,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/health":
             stopping = self.server.service.stopping
             self._json(HTTPStatus.SERVICE_UNAVAILABLE if stopping else HTTPStatus.OK,
-                       {"status": "stopping" if stopping else "ok"})
+                       {"status": "stopping" if stopping else "ok", "queued": self.server.service.queued})
         elif path == "/info":
             self._json(HTTPStatus.OK, self.server.service.info())
         elif path == "/predict":

@@ -58,6 +58,17 @@ class Service:
         finally:
             connection.close()
 
+    def queued(self) -> int:
+        return self.request("GET", "/health")[1]["queued"]
+
+    def wait_for_stderr(self, text: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stderr], [], [], 0.5)
+            if ready and text in self.process.stderr.readline():
+                return
+        raise AssertionError(f"the server did not print {text!r} within {timeout} s")
+
     def stop(self) -> tuple[int, str]:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -84,7 +95,7 @@ def multipart(name: str, data: bytes) -> tuple[bytes, str]:
 def test_answers_equal_predict_under_concurrent_requests(service, artifacts, test_images):
     with load(artifacts["openvino-int8"]) as classifier:
         expected = {p: [x.to_dict() for x in classifier.predict(p.read_bytes(), k=3)] for p in test_images}
-    assert service.request("GET", "/health") == (200, {"status": "ok"})
+    assert service.request("GET", "/health") == (200, {"status": "ok", "queued": 0})
     status, info = service.request("GET", "/info")
     assert status == 200 and info["backend"] == "openvino" and len(info["labels"]) == 10
     assert info["max_upload_bytes"] == int(MAX_UPLOAD_MB * 2**20)
@@ -137,15 +148,23 @@ def read_response(client: socket.socket) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(body)
 
 
+def wait_until(condition, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds, or fail after ``timeout`` seconds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not true within {timeout} s: {condition.__doc__ or condition}"
+        time.sleep(0.02)
+
+
 def test_full_queue_gets_503_at_once(artifacts, test_images):
     service = Service(artifacts["onnx-fp32"], "--max-queue", "1")
     try:
         holder = slow_upload(service)
-        time.sleep(0.5)  # let the server admit it
+        wait_until(lambda: service.queued() == 1)  # the server admitted it
         status, body = service.request("POST", "/predict", test_images[0].read_bytes(), "image/png")
         assert status == 503 and "busy" in body["error"]
         holder.close()  # the incomplete upload is answered 400 and frees its place
-        time.sleep(0.5)
+        wait_until(lambda: service.queued() == 0)
         assert service.request("POST", "/predict", test_images[0].read_bytes(), "image/png")[0] == 200
     finally:
         assert service.stop()[0] == 0
@@ -155,9 +174,9 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(artifacts, test_ima
     service = Service(artifacts["openvino-fp32"])
     image = test_images[0].read_bytes()
     client = slow_upload(service, len(image), image[:10])
-    time.sleep(0.5)
+    wait_until(lambda: service.queued() == 1)
     service.process.send_signal(signal.SIGTERM)  # arrives while the upload is half sent
-    time.sleep(0.5)
+    service.wait_for_stderr("stopping")
     client.sendall(image[10:])
     status, body = read_response(client)
     assert status == 200 and len(body["predictions"]) == 5

@@ -50,7 +50,17 @@ from edge_cls.errors import ArtifactError, ConfigError
 from edge_cls.predictions import TASKS
 from edge_cls.preprocess import PreprocessSpec
 
+# The schema's version and its extension rule (tests/artifact/test_manifest.py holds it):
+# - ``schema_version`` (the major) changes only when an older reader would misread a manifest: a
+#   field that changes meaning or type, or a new field a reader must act on. A reader refuses any
+#   other major ("upgrade edge-cls or rebuild the artifact").
+# - ``schema_minor`` grows with every new optional field. A reader takes any minor of its major: it
+#   validates the fields it knows and ignores those it does not, which a newer edge-cls wrote (an
+#   unknown field at a minor the reader knows is refused: a typo or a hand edit, not a newer writer).
+# - Anything edge-cls does not define goes under ``extensions`` ({"vendor.name": any JSON}), kept
+#   and never acted on. The manifest is hashed and signed whole, so every field is covered.
 SCHEMA_VERSION = 1
+SCHEMA_MINOR = 1  # 1.1: schema_minor and extensions
 FORMAT_NAME = "edge-cls-artifact"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -89,8 +99,10 @@ class Manifest:
     taxonomy: dict[str, str | None] | None = None  # parent of every class (and inner node): answers roll up
     summary: dict[str, Any] | None = None  # answers on the validation split, for ``edge-cls check``
     tools: dict[str, str] = field(default_factory=dict)
+    extensions: dict[str, Any] = field(default_factory=dict)  # {"vendor.name": any JSON}: kept, never acted on
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
+    schema_minor: int = SCHEMA_MINOR
 
     @property
     def input_shape(self) -> list[int]:
@@ -105,6 +117,7 @@ class Manifest:
         return {
             "format": FORMAT_NAME,
             "schema_version": self.schema_version,
+            "schema_minor": self.schema_minor,
             "backend": self.backend,
             "precision": self.precision,
             "runtime_precision": self.runtime_precision,
@@ -126,6 +139,7 @@ class Manifest:
             "taxonomy": self.taxonomy,
             "summary": self.summary,
             "tools": self.tools,
+            "extensions": self.extensions,
             "created_at": self.created_at,
         }
 
@@ -141,6 +155,7 @@ class Manifest:
                 f"{source}: unknown schema_version {version} (this edge-cls reads {SCHEMA_VERSION}); "
                 "upgrade edge-cls or rebuild the artifact"
             )
+        minor = _check_known_fields(top, version)
         labels = top.items("labels", limit=1_000_000)
         if not labels:
             raise ArtifactError(f"{source}: field 'labels' must be a non-empty list of strings")
@@ -171,8 +186,10 @@ class Manifest:
             taxonomy=_read_taxonomy(top, labels),
             summary=_read_summary(top, len(labels)),
             tools=scalar_map(top, "tools", top.get("tools", dict), (str,)),
+            extensions=_read_extensions(top),
             created_at=top.text("created_at", limit=100),
             schema_version=version,
+            schema_minor=minor,
         )
         shape = top.block("input").data.get("shape")
         if shape != manifest.input_shape:
@@ -254,6 +271,39 @@ def _read_manifest(directory: str | os.PathLike[str], key: bytes | str | None) -
     if secret is not None:
         check_signature(directory, raw, secret)
     return directory, Manifest.from_dict(parse_json(raw, str(path)), source=str(path))
+
+
+FIELDS_OF_MINOR = {  # the top-level fields each minor of schema 1 defines
+    0: {"format", "schema_version", "backend", "precision", "runtime_precision", "runtime_options", "task",
+        "model_name", "model_file", "input", "output", "preprocess", "labels", "files", "parity", "accuracy", "recipe",
+        "search", "accepted_drop", "calibration", "taxonomy", "summary", "tools", "created_at"},
+    1: {"schema_minor", "extensions"},
+}
+
+
+def known_fields(minor: int) -> set[str]:
+    """The top-level fields a manifest of ``schema_minor`` may hold."""
+    return set().union(*(fields for m, fields in FIELDS_OF_MINOR.items() if m <= minor))
+
+
+def _check_known_fields(top: Fields, version: int) -> int:
+    """The manifest's minor; an unknown field is refused only at a minor this reader knows (see the rule above)."""
+    minor = top.integer("schema_minor", minimum=0, optional=True)
+    minor = 0 if minor is None else minor
+    if minor <= SCHEMA_MINOR:
+        unknown = sorted(set(top.data) - known_fields(minor))
+        if unknown:
+            raise ArtifactError(
+                f"{top.source}: field {unknown[0][:100]!r} is not part of manifest schema {version}.{minor}; put "
+                "other data under 'extensions', or rebuild the artifact"
+            )
+    return minor
+
+
+def _read_extensions(top: Fields) -> dict[str, Any]:
+    """``extensions``: a mapping of names to any JSON (depth and size are bounded by the manifest's own limits)."""
+    value = top.get("extensions", dict, optional=True, default={})
+    return dict(value)
 
 
 def _read_files(top: Fields) -> list[ArtifactFile]:

@@ -56,6 +56,28 @@ def test_search_fields_round_trip(artifact_dir):
         "ort-qdq-u8s8", search, True, "bf16")
 
 
+def test_schema_extension_rule(artifact_dir):
+    """A newer minor's fields are ignored; an unknown field at a known minor, or another major, is refused;
+    extensions are kept and round-trip; a manifest without schema_minor (written before 1.1) still loads."""
+    from edge_cls.artifact.manifest import SCHEMA_MINOR, SCHEMA_VERSION
+
+    assert json.loads((artifact_dir / MANIFEST_NAME).read_text())["schema_minor"] == SCHEMA_MINOR
+    edit(artifact_dir, lambda d: d.update(schema_minor=SCHEMA_MINOR + 1, embeddings={"dims": 8}))
+    assert load_manifest(artifact_dir).labels == ["a", "b"]  # written by a newer edge-cls: its field ignored
+    edit(artifact_dir, lambda d: d.update(schema_minor=SCHEMA_MINOR))
+    with pytest.raises(ArtifactError, match="'embeddings' is not part of manifest schema 1.1.*'extensions'"):
+        load_manifest(artifact_dir)
+    edit(artifact_dir, lambda d: (d.pop("embeddings"), d.update(extensions={"acme.site": {"camera": [1, 2]}})))
+    loaded = load_manifest(artifact_dir)
+    assert loaded.extensions == {"acme.site": {"camera": [1, 2]}}
+    assert Manifest.from_dict(loaded.to_dict()).extensions == loaded.extensions
+    edit(artifact_dir, lambda d: (d.pop("schema_minor"), d.pop("extensions")))
+    assert load_manifest(artifact_dir).schema_minor == 0
+    edit(artifact_dir, lambda d: d.update(schema_version=SCHEMA_VERSION + 1))
+    with pytest.raises(ArtifactError, match="unknown schema_version 2.*upgrade edge-cls"):
+        load_manifest(artifact_dir)
+
+
 # Each of these escaped as an internal error (TypeError, ValueError, ...) or passed unchecked before.
 @pytest.mark.parametrize("change, match", [
     (lambda d: d.pop("labels"), "missing field 'labels'"),

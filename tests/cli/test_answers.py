@@ -46,6 +46,7 @@ def test_min_confidence_answers_unknown(artifacts, test_images):
     assert all("kind" not in item["predictions"][0] for item in relaxed)
 
 
+@pytest.mark.slow
 def test_a_taxonomy_answers_up_the_tree(tiny_checkpoint, digits_root, tmp_path, test_images):
     taxonomy = tmp_path / "parity.yaml"
     taxonomy.write_text("".join(f"'{d}': {'even' if d % 2 == 0 else 'odd'}\n" for d in range(10))
@@ -94,6 +95,7 @@ def _predict_with_peak_rss(artifact: Path, folder: Path, tmp_path: Path, name: s
     return out.read_text().splitlines(), peak
 
 
+@pytest.mark.slow
 def test_jsonl_over_thousands_of_images_in_bounded_memory(artifacts, many_images, tmp_path):
     few = tmp_path / "few"
     shutil.copytree(many_images / "batch0", few / "batch0")
@@ -136,6 +138,7 @@ def test_check_compares_production_images_with_validation(artifacts, digits_root
     assert shifted["classes_that_moved_most"]
 
 
+@pytest.mark.slow
 def test_multi_label_artifacts_answer_with_their_per_class_thresholds(multilabel_root, tmp_path):
     """build through the CLI on multi-label data: each artifact carries F1-optimal thresholds fitted on
     the validation split, and predict answers with every class at or above its own threshold."""

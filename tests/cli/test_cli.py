@@ -69,6 +69,7 @@ def test_info(artifacts):
     assert data["precision"] == "int8" and data["schema_version"] == 1
 
 
+@pytest.mark.slow
 def test_bench_with_accuracy(artifacts, digits_root):
     result = run(
         "bench",
@@ -135,12 +136,14 @@ def test_export_rejects_bad_arguments_before_work(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_export_weights_that_do_not_fit(tmp_path, tiny_checkpoint, digits_root):
     result = run("export", "--model", "test_efficientnet", "--weights", tiny_checkpoint, "--num-classes", "5",
                  "--calib", digits_root / "val", "--formats", "onnx", "--precisions", "fp32", "--out", tmp_path)
     assert_one_line_error(result, "shape mismatch")
 
 
+@pytest.mark.slow
 def test_export_from_plain_state_dict_then_predict(tmp_path, digits_root, test_images):
     import torch
 
@@ -180,6 +183,7 @@ def test_export_from_plain_state_dict_then_predict(tmp_path, digits_root, test_i
     assert predicted[0]["predictions"][0]["label"].startswith("digit ")
 
 
+@pytest.mark.slow
 def test_build_end_to_end_on_a_folder(tmp_path, digits_root):
     """The whole pipeline, tiny: teacher, student alone, distilled student, one auto artifact per
     backend with its precision search, report."""
@@ -205,6 +209,7 @@ def test_build_end_to_end_on_a_folder(tmp_path, digits_root):
     assert "student KD onnx " in result.stdout and "student KD openvino " in result.stdout
 
 
+@pytest.mark.slow
 def test_train_writes_a_checkpoint_usable_as_teacher_weights(tmp_path, digits_root):
     out = tmp_path / "teacher.pt"
     result = run(
@@ -221,6 +226,7 @@ def test_train_writes_a_checkpoint_usable_as_teacher_weights(tmp_path, digits_ro
     create_model(checkpoint.recipe, weights=out)  # loads as --teacher-weights would
 
 
+@pytest.mark.slow
 def test_distill_reads_a_config_file_and_flags_override_it(tmp_path, digits_root):
     config = tmp_path / "distill.yaml"
     config.write_text(
@@ -242,6 +248,7 @@ def test_distill_reads_a_config_file_and_flags_override_it(tmp_path, digits_root
     assert (out / "checkpoints" / "student.pt").is_file()
 
 
+@pytest.mark.slow
 def test_distill_bad_inputs_are_one_line_errors(tmp_path):
     empty = tmp_path / "empty"
     for split in ("train", "val", "test"):
@@ -253,6 +260,7 @@ def test_distill_bad_inputs_are_one_line_errors(tmp_path):
     assert_one_line_error(run("distill", "--config", tmp_path / "none.yaml"), "does not exist")
 
 
+@pytest.mark.slow
 def test_finetune_teacher_from_a_hub_style_weights_file_head_only(tmp_path, digits_root):
     import torch
     from safetensors.torch import save_file
@@ -272,6 +280,7 @@ def test_finetune_teacher_from_a_hub_style_weights_file_head_only(tmp_path, digi
     assert trained["head.weight"].shape == (10, hub_like.embed_dim)
 
 
+@pytest.mark.slow
 def test_finetune_teacher_bad_weights_and_truncated_resume(tmp_path, digits_root):
     import torch
 
@@ -313,6 +322,7 @@ def gray_images(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_explicit_int8_that_misses_the_bar_fails_in_one_line(tiny_checkpoint, gray_images, unlabelled_images, tmp_path):
     out = tmp_path / "out"
     common = ["export", "--checkpoint", tiny_checkpoint, "--calib-data", gray_images, "--check-data", unlabelled_images,
@@ -331,6 +341,7 @@ def test_explicit_int8_that_misses_the_bar_fails_in_one_line(tiny_checkpoint, gr
     assert "missed the accuracy bar" in info.stdout and "search:" in info.stdout
 
 
+@pytest.mark.slow
 def test_check_data_must_not_overlap_calibration(tiny_checkpoint, digits_root, tmp_path):
     result = run("export", "--checkpoint", tiny_checkpoint, "--calib-data", digits_root / "train",
                  "--check-data", digits_root / "train" / "3", "--precisions", "int8", "--output", tmp_path / "o")

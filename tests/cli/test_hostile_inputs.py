@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 CLI = [sys.executable, "-m", "edge_cls.cli"]
 
 
@@ -60,6 +62,7 @@ def test_predict_refuses_a_symlinked_model_and_an_unlisted_file(artifact_copy, t
     assert_one_line_error(run("predict", path, test_images[0]), "notes.txt is not listed in the manifest")
 
 
+@pytest.mark.slow
 def test_build_never_deletes_a_data_directory_it_did_not_write(tmp_path):
     # Before: `edge-cls build --output DIR` without --data-dir replaced DIR/data with the demo set.
     out = tmp_path / "project"

@@ -72,6 +72,7 @@ def test_int8_is_smaller_than_fp32(artifacts):
     assert directory_size(artifacts["openvino-int8"]) < directory_size(artifacts["openvino-fp32"])
 
 
+@pytest.mark.slow
 def test_fp16_targets(student, reference, tmp_path):
     checkpoint, model = student
     exported = export_artifacts(model, checkpoint.spec, checkpoint.labels, tmp_path,
@@ -147,6 +148,7 @@ def test_export_table_validates_first():
         resolve_targets([], ["fp32"])
 
 
+@pytest.mark.slow
 def test_auto_ships_one_measured_artifact_per_backend(student, digits_root, tmp_path, quick_search):
     from edge_cls.calibration_data import CalibrationSet
     from edge_cls.data import load_splits, preprocess_split
@@ -188,6 +190,7 @@ def test_split_folder_keeps_calibration_and_check_images_apart(digits_root):
     assert unlabelled.check_targets is None  # sub-directories are not the model's labels: agreement only
 
 
+@pytest.mark.slow
 def test_a_graph_onnxslim_would_break_is_kept_as_exported(tmp_path, caplog):
     """onnxslim mis-folds the dynamic TF "same" padding of timm's tf_* models (TorchScript exporter,
     odd feature-map sizes): the export must notice and keep the unslimmed graph."""
@@ -229,6 +232,7 @@ def test_work_left_by_a_killed_export_is_removed_and_nothing_else(student, refer
     assert (tmp_path / "onnx-fp32" / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_calibration_runs_in_fixed_chunks_with_the_one_pass_ranges(student, digits_root, tmp_path, monkeypatch):
     """ORT calibrates a few images at a time to bound memory: always the same chunk size (the last
     one shorter), and min-max ranges as if all images went through at once."""

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from edge_cls.data import image_files
 from edge_cls.measure.app import AppBenchResult, Spread, bench_app, cold_start, end_to_end
@@ -46,6 +47,7 @@ def test_end_to_end_uses_the_preprocess_hook(artifacts, test_images):
     assert len(calls) >= 2 * 3 * len(test_images)  # loop, batched and pipelined, in each round, went through it
 
 
+@pytest.mark.slow
 def test_bench_app_row_and_table(artifacts, digits_root):
     images = image_files(digits_root / "test", limit=16)
     row = bench_app(artifacts["openvino-int8"], images=images, rounds=2, iterations=20)
@@ -58,6 +60,7 @@ def test_bench_app_row_and_table(artifacts, digits_root):
     json.dumps(row.to_dict())  # serialisable as the CLI prints it
 
 
+@pytest.mark.slow
 def test_bench_cli_with_images_cold_start_and_benchmark_app(artifacts, digits_root):
     result = subprocess.run(
         [sys.executable, "-m", "edge_cls.cli", "bench", str(artifacts["openvino-fp32"]), str(artifacts["onnx-fp32"]),

@@ -73,6 +73,7 @@ def test_every_unreadable_image_is_its_own_error(classifier, test_images, tmp_pa
         assert results[-1].predictions == classifier.predict(test_images[1], k=2)
 
 
+@pytest.mark.slow
 def test_endless_input_keeps_memory_flat_and_threads_end_on_break(classifier):
     pulled = itertools.count()
     rng = np.random.default_rng(0)
@@ -133,6 +134,7 @@ def test_pipeline_submit_and_bounds(classifier, test_images):
         classifier.predict_stream(test_images, k=0)
 
 
+@pytest.mark.slow
 def test_predict_on_a_long_list_keeps_peak_memory_bounded(artifacts, tmp_path):
     """predict(list) reads its list in batches: peak RSS must not grow with the list (3000 images
     would stack to 74 MB of tensors at once)."""

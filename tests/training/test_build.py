@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from edge_cls.artifact.manifest import load_manifest
 from edge_cls.runtimes import load
@@ -12,6 +13,7 @@ from edge_cls.training.build import build
 from edge_cls.training.config import BuildConfig, TrainConfig
 
 
+@pytest.mark.slow
 def test_multi_label_build_end_to_end(multilabel_root, tmp_path):
     out = tmp_path / "ml"
     config = BuildConfig(out_dir=out, data_dir=multilabel_root, teacher="test_vit", student="test_efficientnet",

@@ -50,6 +50,7 @@ def test_logits_are_scaled_cosine_similarities(tiny_clip):
     assert spec == spec_for_clip(load_clip(str(tiny_clip), None)[0])
 
 
+@pytest.mark.slow
 def test_zero_shot_artifact_end_to_end(tiny_clip, digits_root, tmp_path, test_images):
     """CLI: class names -> head -> exported image tower -> the runtime answers as PyTorch does; a new
     class list rebuilds only the head."""
@@ -74,6 +75,7 @@ def test_zero_shot_artifact_end_to_end(tiny_clip, digits_root, tmp_path, test_im
     assert manifest.parity["top1_agreement"] == 1.0 and manifest.parity["max_abs_logit_error"] < 1e-3
 
 
+@pytest.mark.slow
 def test_a_clip_teacher_labels_unlabelled_images_and_distils(tiny_clip, digits_root, tmp_path):
     """No labels at all: CLIP answers for every image once (its top-1 is the label), the student
     distils from it, and the labels are kept in pseudo_labels.csv."""

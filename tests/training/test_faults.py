@@ -38,6 +38,7 @@ def run_to_the_end(args, log):
     assert result.returncode == 0, log.read_text()[-3000:]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_resume_ends_where_an_uninterrupted_run_ends(mini_digits, tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     run_to_the_end(command(mini_digits, whole), tmp_path / "whole.log")
