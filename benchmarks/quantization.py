@@ -205,7 +205,7 @@ def write_results(results: list[dict], recorded: dict | None = None) -> None:
                       f"{c['median_margin']:.2f}. Where the first two classes are that close, small numeric changes "
                       "flip answers: compare bf16 on OpenVINO, which only shortens the float mantissa.", ""]
         for backend, search in case["backends"].items():
-            from edge_cls.export.search import search_markdown
+            from edge_cls.measure.tables import search_markdown
 
             lines += [f"### {backend}", "", *search_markdown(search), ""]
             if case["model"].startswith("lite"):

@@ -166,7 +166,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if manifest.accepted_drop:
         lines.append("WARNING:    shipped although it missed the accuracy bar (--accept-drop)")
     if manifest.search:
-        from edge_cls.export.search import format_search
+        from edge_cls.measure.tables import format_search
 
         lines += format_search(manifest.search)
     print("\n".join(lines))

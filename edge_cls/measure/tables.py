@@ -102,3 +102,41 @@ def _table(header: list[str], body: list[list[str]], markdown: bool) -> list[str
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return lines
+
+
+# The precision search's record (a manifest's ``search`` block), for `edge-cls info` and the build report.
+def format_search(search: dict[str, Any]) -> list[str]:
+    """The search block as aligned text lines, for ``edge-cls info`` and the build report."""
+    lines = [f"search:     {search.get('requested', '?')}, bar {search.get('bar', '?')} on "
+             f"{search.get('check', {}).get('images', '?')} {search.get('check', {}).get('split', '?')} images; "
+             f"chose {search.get('chosen', '?')}: {search.get('reason', '')}"]
+    for row in search.get("candidates", []):
+        p50, spread, top1 = row.get("p50_ms"), row.get("spread"), row.get("top1")
+        timing = "-" if p50 is None else f"{p50:.3f} ms" + ("" if spread is None else f" ±{100 * spread:.0f}%")
+        agree = f"agree {100 * (row.get('agreement') or 0):.1f}%"
+        accuracy = ("" if top1 is None else f"top-1 {100 * top1:.2f}%, ") + agree
+        lines.append(f"  {row.get('recipe', '?'):<22} {row.get('precision', '?'):<5} {timing:>16}  {accuracy:<28} "
+                     f"{row.get('verdict', '')}: {row.get('why', '')}")
+    return lines
+
+
+def search_markdown(search: dict[str, Any]) -> list[str]:
+    """The search block as a Markdown table, for the build report."""
+    rows = search.get("candidates", [])
+    fp32 = next((r for r in rows if r.get("precision") == "fp32" and r.get("p50_ms")), None)
+    check = search.get("check", {})
+    lines = [f"Requested `{search.get('requested')}`; bar: {search.get('bar')} on {check.get('images')} "
+             f"{check.get('split')} images; chose `{search.get('chosen')}`: {search.get('reason')}.", "",
+             "| recipe | precision | ran as | p50 ms (round-robin) | x FP32 | top-1 | drop (pts) | agree | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        p50, spread = row.get("p50_ms"), row.get("spread")
+        ratio = p50 / fp32["p50_ms"] if p50 and fp32 else None
+        lines.append(
+            f"| {row.get('recipe')} | {row.get('precision')} | {row.get('runtime_precision') or '-'} | "
+            + ("-" if p50 is None else f"{p50:.3f}" + ("" if spread is None else f" ±{100 * spread:.0f}%")) + " | "
+            + ("-" if ratio is None else f"{ratio:.2f}") + " | "
+            + ("-" if row.get("top1") is None else f"{100 * row['top1']:.2f}%") + " | "
+            + ("-" if row.get("drop_points") is None else f"{row['drop_points']:+.2f}") + " | "
+            + f"{100 * (row.get('agreement') or 0):.1f}% | {row.get('verdict')}: {row.get('why')} |")
+    return lines

@@ -218,15 +218,8 @@ class PreprocessSpec:
         h, w = self.input_size
         return (3, h, w) if self.layout == "NCHW" else (h, w, 3)
 
-    def __call__(
-        self,
-        image: ImageInput,
-        *,
-        fast: bool | None = None,
-        out: np.ndarray | None = None,
-        max_pixels: int | None = None,
-        max_aspect_ratio: float | None = None,
-    ) -> np.ndarray:
+    def __call__(self, image: ImageInput, *, fast: bool | None = None, out: np.ndarray | None = None,
+                 max_pixels: int | None = None, max_aspect_ratio: float | None = None) -> np.ndarray:
         """Load ``image`` and return one float32 tensor of :attr:`input_shape`.
 
         ``fast`` picks the path (default :data:`FAST_BY_DEFAULT`); ``out`` is an optional float32

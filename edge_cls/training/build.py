@@ -25,10 +25,9 @@ from edge_cls.calibration_data import CalibrationSet
 from edge_cls.data import Split, preprocess_split
 from edge_cls.export import AccuracyBar, ReferenceSet, SearchSettings, export_artifacts, resolve_targets, tool_versions
 from edge_cls.export.artifacts import ExportedArtifact
-from edge_cls.export.search import search_markdown
 from edge_cls.measure.latency import BenchResult, bench_artifact, measure
 from edge_cls.measure.machine import machine_description
-from edge_cls.measure.tables import markdown_table, text_table
+from edge_cls.measure.tables import markdown_table, search_markdown, text_table
 from edge_cls.quality.confidence_report import confidence_section
 from edge_cls.quality.plots import plot_accuracy_latency
 from edge_cls.taxonomy import Taxonomy
