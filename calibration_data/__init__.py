@@ -103,12 +103,21 @@ class CalibrationSet:
 
 @dataclass(frozen=True)
 class FolderSplit:
-    """One folder divided into calibration and check images that never overlap."""
+    """One folder divided into calibration and check images that never overlap (nor share a picture)."""
 
     calibration: list[Path]
     check: list[Path]
     check_targets: np.ndarray | None  # class indices into the labels, when the folder is an ImageFolder
     classes: list[str] | None
+    calibration_targets: np.ndarray | None = None
+
+
+def picture_ids(files: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """One id per file for the picture it shows: files in one folder that share a stem (``cat.jpg``,
+    ``cat.png``, ``cat.webp``) are one picture. Splits and uncertainties work on pictures, never on
+    files, so one picture is never both calibrated on and checked with, nor counted twice as evidence."""
+    ids: dict[tuple[str, str], int] = {}
+    return np.array([ids.setdefault((str(Path(f).parent), Path(f).stem), len(ids)) for f in files], dtype=np.int64)
 
 
 def default_cache_dir() -> Path | None:
@@ -133,24 +142,30 @@ def folder_labels(folder: Path, files: list[Path], labels: Sequence[str]) -> np.
 
 def split_folder(folder: str | os.PathLike[str], labels: Sequence[str], *, calibration_size: int = DEFAULT_SIZE,
                  check_size: int = DEFAULT_CHECK_SIZE, check_fraction: float = 0.3, seed: int = 0) -> FolderSplit:
-    """Divide one folder into check images (``check_fraction`` of it, at most ``check_size``) and
-    calibration images (the rest, at most ``calibration_size``), stratified by class when the folder
-    is an ImageFolder whose sub-directories are the model's labels."""
+    """Divide one folder into check pictures (``check_fraction`` of them, at most ``check_size`` images)
+    and calibration pictures (the rest, at most ``calibration_size`` images), stratified by class when
+    the folder is an ImageFolder whose sub-directories are the model's labels. A picture's files
+    (:func:`picture_ids`) all go to one side."""
     folder = Path(folder)
     files = image_files(folder)
-    if len(files) < 2:
-        raise DataError(f"{folder} has {len(files)} image: it cannot give both calibration and check images; "
-                        "add images or pass --check-data")
+    pictures = picture_ids(files)
+    if pictures.max() < 1:
+        raise DataError(f"{folder} holds {len(files)} image(s) of one picture: it cannot give both calibration and "
+                        "check images; add images or pass --check-data")
     targets = folder_labels(folder, files, labels)
-    strata = targets if targets is not None else np.zeros(len(files), dtype=np.int64)
-    n_check = max(1, min(check_size, int(round(check_fraction * len(files)))))
-    check_index = stratified_sample(strata, n_check, seed)
-    rest = np.setdiff1d(np.arange(len(files)), check_index)
-    calibration_index = rest[stratified_sample(strata[rest], calibration_size, seed + 1)]
+    first = np.unique(pictures, return_index=True)[1]  # one file per picture, to stratify pictures by class
+    strata = targets[first] if targets is not None else np.zeros(len(first), dtype=np.int64)
+    n_check = max(1, min(check_size, int(round(check_fraction * len(first))), len(first) - 1))
+    check_pictures = stratified_sample(strata, n_check, seed)
+    rest = np.setdiff1d(np.arange(len(first)), check_pictures)
+    calibration_pictures = rest[stratified_sample(strata[rest], calibration_size, seed + 1)]
+    check_index = np.flatnonzero(np.isin(pictures, check_pictures))[:check_size]
+    calibration_index = np.flatnonzero(np.isin(pictures, calibration_pictures))[:calibration_size]
     return FolderSplit(
         calibration=[files[i] for i in calibration_index], check=[files[i] for i in check_index],
         check_targets=None if targets is None else targets[check_index],
         classes=None if targets is None else list(labels),
+        calibration_targets=None if targets is None else targets[calibration_index],
     )
 
 
@@ -222,5 +237,5 @@ def _cache_key(images: Sequence[str | os.PathLike[str]], spec: PreprocessSpec, a
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-__all__ = ["CalibrationSet", "DEFAULT_CHECK_SIZE", "DEFAULT_SIZE", "FolderSplit", "default_cache_dir",
+__all__ = ["CalibrationSet", "DEFAULT_CHECK_SIZE", "DEFAULT_SIZE", "FolderSplit", "default_cache_dir", "picture_ids",
            "split_folder", "stratified_sample", "stratum"]

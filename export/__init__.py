@@ -9,15 +9,17 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from edge_cls.quality.acceptance import AcceptanceRule
+
 from .formats import AUTO, FORMATS, ExportTarget, format_table, resolve_targets
-from .search import AccuracyBar
 
 _LAZY = {
-    "ReferenceSet": "artifacts",
+    "ReferenceSet": "reference",
+    "CrossFit": "reference",
     "ExportedArtifact": "artifacts",
-    "SearchSettings": "artifacts",
+    "SearchSettings": "candidates",
     "export_artifacts": "artifacts",
-    "tool_versions": "artifacts",
+    "tool_versions": "candidates",
 }
 
 
@@ -27,4 +29,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["AUTO", "FORMATS", "AccuracyBar", "ExportTarget", "format_table", "resolve_targets", *_LAZY]
+__all__ = ["AUTO", "FORMATS", "AcceptanceRule", "ExportTarget", "format_table", "resolve_targets", *_LAZY]

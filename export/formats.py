@@ -57,7 +57,10 @@ class BuildJob:
     labels: list[str]
     calibration: Any = None  # CalibrationSet, for INT8
     recipe: Any = None  # edge_cls.export.recipes.Recipe; None: the format's default for the precision
-    max_agreement_drop: float = 0.003  # for recipes that restore accuracy themselves
+    max_drop_fraction: float = 0.003  # the acceptance bar, for recipes that restore accuracy themselves
+    model: Any = None  # the float PyTorch model, for recipes that fine-tune it (quantization-aware distillation)
+    tuning: Any = None  # edge_cls.export.qad.TuningData: what such a recipe fine-tunes on
+    shared: dict[str, Any] = field(default_factory=dict)  # made once per export, used by several recipes
 
 
 FORMATS: dict[str, Format] = {

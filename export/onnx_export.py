@@ -118,3 +118,14 @@ def _run(proto: onnx.ModelProto, batch: np.ndarray) -> np.ndarray | None:
         return session.run(None, {session.get_inputs()[0].name: batch})[0]
     except Exception:  # a graph ORT cannot run is no evidence either way
         return None
+
+
+def copy_metadata(source: Path, target: Path) -> None:
+    metadata = onnx.load(str(source), load_external_data=False).metadata_props
+    model = onnx.load(str(target))
+    keys = {p.key for p in metadata}
+    kept = [p for p in model.metadata_props if p.key not in keys]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.extend(metadata)
+    onnx.save_model(model, str(target))

@@ -34,12 +34,18 @@ def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
     recipe = job.recipe
     settings = recipe.nncf if recipe is not None else (NncfQuantization() if job.precision == "int8" else None)
     compress = recipe.compress_weights_fp16 if recipe is not None else job.precision == "fp16"
-    if recipe is not None and recipe.ort is not None:  # ONNX Runtime's Q/DQ model, converted as it is
+    if recipe is not None and recipe.distill is not None:  # the distilled QDQ graph, converted as it is
+        from .sources import distilled_source
+
+        written = export_openvino(distilled_source(job), job.staging / "model.xml", "fp32", job.spec, job.labels)
+    elif recipe is not None and recipe.ort is not None:  # ONNX Runtime's Q/DQ model, converted as it is
         written = _from_ort_qdq(job, recipe)
     else:
-        written = export_openvino(job.source, job.staging / "model.xml", job.precision, job.spec, job.labels,
+        from .sources import float_source
+
+        written = export_openvino(float_source(job), job.staging / "model.xml", job.precision, job.spec, job.labels,
                                   calibration=job.calibration, settings=settings, compress_to_fp16=compress,
-                                  max_agreement_drop=job.max_agreement_drop)
+                                  max_drop_fraction=job.max_drop_fraction)
     if recipe is not None:
         options = dict(recipe.runtime)
     else:  # an FP32 artifact must run in FP32: without the hint OpenVINO runs bf16 on CPUs that have it
@@ -54,15 +60,17 @@ def _from_ort_qdq(job: BuildJob, recipe: Any) -> list[Path]:
 
     if job.calibration is None:
         raise ExportError("OpenVINO INT8 needs a calibration set")
+    from .sources import float_source
+
     with tempfile.TemporaryDirectory() as tmp:
-        qdq = quantize_onnx_int8(job.source, Path(tmp) / "qdq.onnx", job.calibration, settings=recipe.ort)
+        qdq = quantize_onnx_int8(float_source(job), Path(tmp) / "qdq.onnx", job.calibration, settings=recipe.ort)
         return export_openvino(qdq, job.staging / "model.xml", "fp32", job.spec, job.labels)
 
 
 def export_openvino(
     onnx_path: Path, xml_path: Path, precision: str, spec: PreprocessSpec, labels: list[str], *,
     calibration: CalibrationSet | None = None, settings: NncfQuantization | None = None,
-    compress_to_fp16: bool = False, max_agreement_drop: float = 0.003,
+    compress_to_fp16: bool = False, max_drop_fraction: float = 0.003,
 ) -> list[Path]:
     """Convert ``onnx_path`` to an IR at ``xml_path`` (+ ``.bin``); returns the files written."""
     import openvino as ov
@@ -76,7 +84,7 @@ def export_openvino(
             raise ExportError("OpenVINO INT8 needs a calibration set")
         settings = settings or NncfQuantization()
         if settings.accuracy_control:
-            model = quantize_nncf_with_accuracy_control(model, calibration, settings, max_agreement_drop)
+            model = quantize_nncf_with_accuracy_control(model, calibration, settings, max_drop_fraction)
         else:
             model = quantize_nncf(model, calibration, settings)
     model.set_rt_info(json.dumps(spec.to_dict()), ["edge_cls", "preprocess"])
@@ -85,7 +93,7 @@ def export_openvino(
     return [xml_path, xml_path.with_suffix(".bin")]
 
 
-def _nncf_kwargs(settings: NncfQuantization, calibration: CalibrationSet) -> dict[str, Any]:
+def nncf_kwargs(settings: NncfQuantization, calibration: CalibrationSet) -> dict[str, Any]:
     import nncf
 
     nncf.set_log_level(logging.WARNING)  # NNCF resets its logger to INFO on import
@@ -96,6 +104,10 @@ def _nncf_kwargs(settings: NncfQuantization, calibration: CalibrationSet) -> dic
     }
     if settings.transformer:
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER  # NNCF then applies SmoothQuant to the MatMuls
+    if settings.channel_alignment:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+        kwargs["advanced_parameters"] = AdvancedQuantizationParameters(disable_channel_alignment=False)
     return kwargs
 
 
@@ -112,28 +124,33 @@ def quantize_nncf(model: Any, calibration: CalibrationSet, settings: NncfQuantiz
     dataset = nncf.Dataset(list(calibration.batches(1)))
     try:
         with library_output():
-            return nncf.quantize(model, dataset, **_nncf_kwargs(settings, calibration))
+            return nncf.quantize(model, dataset, **nncf_kwargs(settings, calibration))
     except Exception as e:
         raise ExportError(f"NNCF quantization failed ({type(e).__name__}: {e})") from e
 
 
 def quantize_nncf_with_accuracy_control(
-    model: Any, calibration: CalibrationSet, settings: NncfQuantization, max_agreement_drop: float
+    model: Any, calibration: CalibrationSet, settings: NncfQuantization, max_drop_fraction: float
 ) -> Any:
-    """``nncf.quantize_with_accuracy_control``, bounded: the metric is top-1 agreement with the FP32
-    model on the calibration images (no labels needed; the check images stay unseen), and at most
-    MAX_ACCURACY_ITERATIONS rounds of reverting layers to float."""
+    """``nncf.quantize_with_accuracy_control``, bounded: the metric is one minus the expected top-1
+    drop against the FP32 model on the calibration images (the acceptance rule's measure, no labels
+    needed; the check images stay unseen), and at most MAX_ACCURACY_ITERATIONS rounds of reverting
+    layers to float."""
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
+    from edge_cls.predictions import softmax
+
     batches = list(calibration.batches(1))
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    reference = np.concatenate([compiled(batch)[0] for batch in batches]).argmax(1)
+    reference = softmax(np.concatenate([compiled(batch)[0] for batch in batches]))
+    rows = np.arange(len(reference))
 
-    def agreement(compiled_model: Any, data: Any) -> float:
+    def kept(compiled_model: Any, data: Any) -> float:
         predicted = np.concatenate([compiled_model(batch)[0] for batch in data]).argmax(1)
-        return float((predicted == reference[:len(predicted)]).mean())
+        n = len(predicted)
+        return 1.0 - float((reference[rows[:n], reference[:n].argmax(1)] - reference[rows[:n], predicted]).mean())
 
     dataset = nncf.Dataset(batches)
     restorer = AdvancedAccuracyRestorerParameters(max_num_iterations=MAX_ACCURACY_ITERATIONS,
@@ -141,8 +158,8 @@ def quantize_nncf_with_accuracy_control(
     try:
         with library_output():
             return nncf.quantize_with_accuracy_control(
-                model, dataset, dataset, agreement, max_drop=max_agreement_drop, drop_type=nncf.DropType.ABSOLUTE,
-                advanced_accuracy_restorer_parameters=restorer, **_nncf_kwargs(settings, calibration),
+                model, dataset, dataset, kept, max_drop=max_drop_fraction, drop_type=nncf.DropType.ABSOLUTE,
+                advanced_accuracy_restorer_parameters=restorer, **nncf_kwargs(settings, calibration),
             )
     except Exception as e:
         raise ExportError(f"NNCF accuracy-controlled quantization failed ({type(e).__name__}: {e})") from e

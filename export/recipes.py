@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from edge_cls.errors import ConfigError
 
+from .formats import FORMATS
+
 
 @dataclass(frozen=True, kw_only=True)
 class OrtQuantization:
@@ -32,8 +34,22 @@ class NncfQuantization:
 
     preset: str = "mixed"  # mixed (asymmetric activations: keeps hard-swish/SiLU tails) | performance
     fast_bias_correction: bool = False  # NNCF's tables: MobileNetV3 loses far more top-1 with the fast one
+    channel_alignment: bool = False  # NNCF's channel alignment (OpenVINO backend; off by NNCF's default)
     transformer: bool = False  # model_type=TRANSFORMER (+ SmoothQuant): for ViTs
     accuracy_control: bool = False  # nncf.quantize_with_accuracy_control, bounded (see MAX_ACCURACY_ITERATIONS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distillation:
+    """Quantization-aware distillation: fake-quantize the float model (``nncf.quantize`` on PyTorch),
+    fine-tune it against the float model's soft targets (and a teacher's, where the build has one)
+    with BatchNorm folded and frozen and dropout off, then export the quantized graph."""
+
+    max_seconds: float = 180.0  # the fine-tuning stops at this wall time (or after max_steps)
+    max_steps: int = 300
+    lr: float = 1e-5
+    batch_size: int = 16
+    temperature: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,8 +62,18 @@ class Recipe:
     summary: str
     ort: OrtQuantization | None = None
     nncf: NncfQuantization | None = None
+    distill: Distillation | None = None  # quantization-aware distillation from the PyTorch model
+    equalize: bool = False  # cross-layer equalization of the FP32 graph first (edge_cls.export.equalize)
+    restores: bool = False  # built only when the plain INT8 recipes miss the bar (or when asked to always)
     runtime: dict[str, str] = field(default_factory=dict)  # e.g. {"inference_precision": "bf16"}
     compress_weights_fp16: bool = False  # OpenVINO: FP16 weights in the .bin (half the file)
+
+    def __post_init__(self) -> None:
+        fmt = FORMATS.get(self.format)
+        if fmt is None or self.precision not in fmt.precisions:
+            raise ValueError(f"recipe {self.name}: {self.format!r} has no precision {self.precision!r}")
+        if self.precision == "int8" and not (self.ort or self.nncf or self.distill or self.name == "ort-restore"):
+            raise ValueError(f"recipe {self.name}: an INT8 recipe names its quantizer (ort, nncf or distill)")
 
     @property
     def int8(self) -> bool:
@@ -76,6 +102,12 @@ def _recipes() -> dict[str, Recipe]:
         Recipe(name="ort-nncf", format="onnx", precision="int8",
                summary="NNCF's ONNX backend (QDQ), MIXED preset, full bias correction",
                nncf=NncfQuantization()),
+        Recipe(name="ort-qdq-u8s8-cle", format="onnx", precision="int8", restores=True, equalize=True,
+               summary="cross-layer equalization of the FP32 graph, then static QDQ U8S8 per-channel, min-max",
+               ort=OrtQuantization()),
+        Recipe(name="ort-qad", format="onnx", precision="int8", restores=True, distill=Distillation(),
+               summary="quantization-aware distillation: NNCF fake-quantized PyTorch model fine-tuned against the "
+               "float model's soft targets, exported as QDQ"),
         Recipe(name="ov-fp32", format="openvino", precision="fp32", summary="FP32 IR, run in f32",
                runtime={"inference_precision": "f32"}),
         Recipe(name="ov-fp16", format="openvino", precision="fp16",
@@ -92,16 +124,29 @@ def _recipes() -> dict[str, Recipe]:
         Recipe(name="ov-nncf-performance", format="openvino", precision="int8",
                summary="NNCF INT8, PERFORMANCE preset (symmetric), full bias correction, float parts in f32",
                nncf=NncfQuantization(preset="performance"), runtime={"inference_precision": "f32"}),
-        Recipe(name="ort-restore", format="onnx", precision="int8",
+        Recipe(name="ort-restore", format="onnx", precision="int8", restores=True,
                summary="the most accurate ORT-quantizer recipe with the layers that hurt the answer most kept in "
-               "float, 1, 2, 4, 8, 16 of them, ranked by the error each adds (bounded)"),
+               "float, 1, 2, 4, 8, 16 of them, ranked once by the error each adds, quantized with the ranges of one "
+               "calibration (bounded)"),
         Recipe(name="ov-ort-qdq", format="openvino", precision="int8",
                summary="ONNX Runtime's QDQ U8S8 model (min-max) converted to an IR: OpenVINO runs the Q/DQ pairs as "
                "its own INT8 (kept the answer better than NNCF on EfficientNet-Lite here)",
                ort=OrtQuantization(), runtime={"inference_precision": "f32"}),
-        Recipe(name="ov-nncf-accuracy", format="openvino", precision="int8",
+        Recipe(name="ov-nncf-accuracy", format="openvino", precision="int8", restores=True,
                summary="NNCF INT8 with accuracy control: layers reverted to float until the bar is met (bounded)",
                nncf=NncfQuantization(accuracy_control=True), runtime={"inference_precision": "f32"}),
+        Recipe(name="ov-nncf-aligned", format="openvino", precision="int8", restores=True,
+               summary="NNCF INT8, MIXED preset, full bias correction and channel alignment, float parts in f32",
+               nncf=NncfQuantization(channel_alignment=True), runtime={"inference_precision": "f32"}),
+        Recipe(name="ov-nncf-cle", format="openvino", precision="int8", restores=True, equalize=True,
+               summary="cross-layer equalization of the FP32 graph, then NNCF INT8 MIXED, full bias correction",
+               nncf=NncfQuantization(), runtime={"inference_precision": "f32"}),
+        Recipe(name="ov-ort-qdq-cle", format="openvino", precision="int8", restores=True, equalize=True,
+               summary="cross-layer equalization of the FP32 graph, then ONNX Runtime's QDQ U8S8 (min-max) converted "
+               "to an IR", ort=OrtQuantization(), runtime={"inference_precision": "f32"}),
+        Recipe(name="ov-qad", format="openvino", precision="int8", restores=True, distill=Distillation(),
+               summary="quantization-aware distillation (as ort-qad), the QDQ graph compiled by OpenVINO",
+               runtime={"inference_precision": "f32"}),
         Recipe(name="trt-fp32", format="tensorrt", precision="fp32", summary="TensorRT engine, TF32 off"),
         Recipe(name="trt-fp16", format="tensorrt", precision="fp16", summary="TensorRT engine, FP16 kernels"),
         Recipe(name="trt-int8", format="tensorrt", precision="int8",
@@ -112,8 +157,6 @@ def _recipes() -> dict[str, Recipe]:
 
 
 RECIPES: dict[str, Recipe] = _recipes()
-# Recipes that only restore accuracy after the plain ones missed the bar: built on demand.
-RESTORING = frozenset({"ort-restore", "ov-nncf-accuracy"})
 
 
 def recipe(name: str) -> Recipe:
@@ -121,6 +164,16 @@ def recipe(name: str) -> Recipe:
         return RECIPES[name]
     except KeyError:
         raise ConfigError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}") from None
+
+
+def check_names(names: tuple[str, ...] | list[str] | None) -> tuple[str, ...] | None:
+    """The one check of recipe names a user gives (``--recipes``, a config's ``recipes``)."""
+    if names is None:
+        return None
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:
+        raise ConfigError(f"unknown recipe(s) {', '.join(unknown)}; known: {', '.join(RECIPES)}")
+    return tuple(names)
 
 
 def candidates(fmt: str, precisions: list[str], *, transformer: bool = False, bf16: bool = False,
@@ -134,7 +187,7 @@ def candidates(fmt: str, precisions: list[str], *, transformer: bool = False, bf
     wanted = set(precisions)
     chosen = []
     for r in RECIPES.values():
-        if r.format != fmt or r.name in RESTORING:
+        if r.format != fmt or r.restores:
             continue
         if r.precision != "fp32" and "auto" not in wanted and r.precision not in wanted:
             continue

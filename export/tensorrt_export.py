@@ -18,6 +18,7 @@ from edge_cls.errors import BackendUnavailableError, ExportError
 from edge_cls.preprocess import PreprocessSpec
 
 from .formats import BuildJob
+from .recipes import OrtQuantization
 
 WORKSPACE_BYTES = 1 << 30
 MAX_BATCH = 32
@@ -25,14 +26,18 @@ MAX_BATCH = 32
 
 def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
     """The ``tensorrt`` format: a serialized engine for this GPU."""
-    build_engine(job.source, job.staging / "model.engine", job.precision, job.spec, calibration=job.calibration)
+    build_engine(job.source, job.staging / "model.engine", job.precision, job.spec, calibration=job.calibration,
+                 settings=job.recipe.ort if job.recipe is not None else None)
     return ["model.engine"], {}
 
 
 def build_engine(
     onnx_path: Path, engine_path: Path, precision: str, spec: PreprocessSpec, *,
     calibration: CalibrationSet | None = None, input_name: str = "input", max_batch: int = MAX_BATCH,
+    settings: OrtQuantization | None = None,
 ) -> Path:
+    """Build a serialized engine; INT8 from a Q/DQ graph quantized by ONNX Runtime with ``settings``
+    (default: the ``trt-int8`` recipe's symmetric int8 activations, which explicit quantization needs)."""
     try:
         import tensorrt as trt
     except ImportError as e:
@@ -46,7 +51,8 @@ def build_engine(
             from .onnxruntime_export import quantize_onnx_int8
 
             source = quantize_onnx_int8(
-                onnx_path, Path(tmp) / "qdq.onnx", calibration, input_name=input_name, symmetric=True
+                onnx_path, Path(tmp) / "qdq.onnx", calibration, input_name=input_name,
+                settings=settings or OrtQuantization(activations="int8", symmetric_activations=True),
             )
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)

@@ -102,7 +102,7 @@ def quick_search_settings(**kwargs):
     """Search settings for tests: one INT8 recipe per backend, short timing."""
     from edge_cls.export import SearchSettings
 
-    return SearchSettings(only=("ort-qdq-u8s8", "ov-nncf-mixed"), rounds=3, block=3, restore=False, **kwargs)
+    return SearchSettings(only=("ort-qdq-u8s8", "ov-nncf-mixed"), rounds=3, block=3, restore="never", **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ def add_parser(sub: Any) -> None:
     options.add(e, "output", note="one sub-directory per artifact")
     options.add(e, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
     options.add(e, "precisions", default=["auto"], note="default: auto")
-    options.add_all(e, "max_drop", "accept_drop", "recipes", "taxonomy")
+    options.add_all(e, "max_drop", "min_agreement", "accept_drop", "recipes", "qad_seconds", "taxonomy")
     e.set_defaults(func=run_export)
 
     z = sub.add_parser(
@@ -48,7 +48,7 @@ def add_parser(sub: Any) -> None:
     options.add(z, "output", note="one sub-directory per artifact")
     options.add(z, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
     options.add(z, "precisions", default=["auto"], note="default: auto")
-    options.add_all(z, "max_drop", "accept_drop", "recipes", "taxonomy")
+    options.add_all(z, "max_drop", "min_agreement", "accept_drop", "recipes", "qad_seconds", "taxonomy")
     z.set_defaults(func=run_zero_shot)
 
 
@@ -96,25 +96,45 @@ def _check_export_args(args: argparse.Namespace, resolve_targets: Any) -> list:
 
 def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec: Any, labels: list[str],
                        name: str) -> int:
-    from edge_cls.export import AccuracyBar, SearchSettings, export_artifacts
+    from edge_cls.export import AcceptanceRule, SearchSettings, export_artifacts
+    from edge_cls.quality.acceptance import DEFAULT_MAX_DROP
     from edge_cls.taxonomy import Taxonomy
 
     taxonomy = Taxonomy.from_file(args.taxonomy, labels) if args.taxonomy else None
+    rule = AcceptanceRule(max_drop=DEFAULT_MAX_DROP if args.max_drop is None else args.max_drop,
+                          min_agreement=args.min_agreement)
+    search = SearchSettings(rule=rule, accept_drop=bool(args.accept_drop),
+                            only=tuple(args.recipes) if args.recipes else None, **distillation(args.qad_seconds))
     calibrate = any(t.needs_calibration for t in targets)
-    calibration, reference = _calibration_and_check(args, model, spec, labels, calibrate=calibrate)
-    bar = AccuracyBar() if args.max_drop is None else AccuracyBar(max_drop=args.max_drop)
-    search = SearchSettings(bar=bar, accept_drop=bool(args.accept_drop),
-                            only=tuple(args.recipes) if args.recipes else None)
+    calibration, reference, cross_fit = _calibration_and_check(args, model, spec, labels, calibrate=calibrate)
     exported = export_artifacts(model, spec, labels, args.output, targets, reference=reference,
                                 calibration=calibration, model_name=name, search=search, taxonomy=taxonomy,
-                                task=getattr(args, "task", "single_label"))
+                                task=getattr(args, "task", "single_label"), cross_fit=cross_fit)
     for artifact in exported:
-        m = artifact.manifest
-        accuracy = f", top-1 {100 * m.accuracy['top1']:.1f}%" if m.accuracy else ""
-        print(f"{artifact.path}: {m.precision} ({m.recipe}, ran as {m.runtime_precision}), top-1 agreement "
-              f"{100 * m.parity['top1_agreement']:.1f}% on {m.parity['images']} check images{accuracy}"
-              + (" [ACCEPTED DROP]" if m.accepted_drop else ""))
+        print(_shipped_line(artifact))
     return 0
+
+
+def distillation(seconds: float | None, *, always: bool = False) -> dict[str, Any]:
+    """The search settings for quantization-aware distillation: ``seconds`` caps its fine-tuning (None:
+    the recipe's cap), 0 turns it off; ``always`` builds it even when a plain INT8 recipe meets the bar."""
+    from dataclasses import replace
+
+    from edge_cls.export.recipes import Distillation
+
+    if seconds == 0:
+        return {"distill": "never"}
+    budget = None if seconds is None else replace(Distillation(), max_seconds=seconds)
+    return {"distill": "always" if always else "when-needed", "distill_budget": budget}
+
+
+def _shipped_line(artifact: Any) -> str:
+    m, p = artifact.manifest, artifact.manifest.parity
+    accuracy = f", top-1 {100 * m.accuracy['top1']:.1f}%" if m.accuracy else ""
+    return (f"{artifact.path}: {m.precision} ({m.recipe}, ran as {m.runtime_precision}), expected top-1 drop "
+            f"{p['expected_drop_points']:.2f} pts [{p['drop_low_points']:.2f}, {p['drop_high_points']:.2f}], agreement "
+            f"{100 * p['top1_agreement']:.1f}% on {p['images']} check images of {p['pictures']} pictures{accuracy}"
+            + (" [ACCEPTED DROP]" if m.accepted_drop else ""))
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -147,52 +167,72 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, list[str], str]:
 
 def _calibration_and_check(
     args: argparse.Namespace, model: Any, spec: Any, labels: list[str], *, calibrate: bool
-) -> tuple[Any, Any]:
-    """Calibration images and check images that never overlap: --check-data when given, else a
-    stratified split of --calib-data. Check images in class folders named like the labels are
-    scored by top-1, others by agreement with PyTorch."""
-    import numpy as np
-
-    from edge_cls.calibration_data import (
-        DEFAULT_CHECK_SIZE,
-        CalibrationSet,
-        default_cache_dir,
-        folder_labels,
-        split_folder,
-        stratified_sample,
-    )
-    from edge_cls.data import image_files
-    from edge_cls.export import ReferenceSet
+) -> tuple[Any, Any, Any]:
+    """Calibration images, check images that never overlap them, and, when both come from one folder,
+    the second cross-fitting fold. --check-data is the check set when given; else --calib-data is split
+    in two halves by source picture (files sharing a stem stay together), calibrated on one and checked
+    on the other, then the finalists the other way round (edge_cls.export.crossfit), so a folder of
+    tens of photos still gives every picture as evidence. Check images in class folders named like the
+    labels are scored against those labels too."""
+    from edge_cls.calibration_data import CalibrationSet, default_cache_dir, split_folder
 
     size = args.calibration_size or 300
     augment = size if args.calib_augment else 0
     cache = default_cache_dir()
     if args.check_data is not None:
-        check_files = image_files(args.check_data)
-        check_targets = folder_labels(Path(args.check_data), check_files, labels)
-        strata = check_targets if check_targets is not None else np.zeros(len(check_files), dtype=np.int64)
-        keep = stratified_sample(strata, DEFAULT_CHECK_SIZE)  # memory and time stay bounded
-        check_files = [check_files[i] for i in keep]
-        check_targets = None if check_targets is None else check_targets[keep]
+        reference = _check_folder(args, model, spec, labels)
         calibration = None
         if args.calib_data and calibrate:
-            overlap = {p.resolve() for p in check_files} & {p.resolve() for p in image_files(args.calib_data)}
-            if overlap:
-                raise ConfigError(f"--check-data and --calib-data share {len(overlap)} images (e.g. "
-                                  f"{sorted(overlap)[0]}): an artifact must not be checked on the images it was "
-                                  "calibrated on")
+            _refuse_overlap(args.check_data, args.calib_data)
             calibration = CalibrationSet.from_folder(args.calib_data, spec, size=size, augment_to=augment,
                                                      cache_dir=cache)
-        check_name = Path(args.check_data).name
-    else:
-        split = split_folder(args.calib_data, labels, calibration_size=size)
-        calibration = None
-        if calibrate:
-            calibration = CalibrationSet(split.calibration, spec, augment_to=augment, cache_dir=cache)
-        check_files, check_targets = split.check, split.check_targets
-        check_name = f"{Path(args.calib_data).name} (held out)"
-    batch = np.stack([spec(path) for path in check_files])
-    return calibration, ReferenceSet.from_model(model, batch, check_targets, name=check_name)
+        return calibration, reference, None
+    split = split_folder(args.calib_data, labels, calibration_size=size, check_size=size, check_fraction=0.5)
+    folder = Path(args.calib_data).name
+    reference = _reference(model, spec, split.check, split.check_targets, f"{folder} (half B)")
+    if not calibrate:
+        return None, reference, None
+    from edge_cls.export import CrossFit
+
+    calibration = CalibrationSet(split.calibration, spec, augment_to=augment, cache_dir=cache)
+    second = CrossFit(CalibrationSet(split.check, spec, augment_to=augment, cache_dir=cache),
+                      _reference(model, spec, split.calibration, split.calibration_targets, f"{folder} (half A)"))
+    return calibration, reference, second
+
+
+def _reference(model: Any, spec: Any, files: list[Path], targets: Any, name: str) -> Any:
+    import numpy as np
+
+    from edge_cls.calibration_data import picture_ids
+    from edge_cls.export import ReferenceSet
+
+    batch = np.stack([spec(path) for path in files])
+    return ReferenceSet.from_model(model, batch, targets, name=name, groups=picture_ids(files))
+
+
+def _check_folder(args: argparse.Namespace, model: Any, spec: Any, labels: list[str]) -> Any:
+    """--check-data: at most DEFAULT_CHECK_SIZE images (memory and time stay bounded), class-stratified
+    when it is an ImageFolder of the labels."""
+    import numpy as np
+
+    from edge_cls.calibration_data import DEFAULT_CHECK_SIZE, folder_labels, stratified_sample
+    from edge_cls.data import image_files
+
+    files = image_files(args.check_data)
+    targets = folder_labels(Path(args.check_data), files, labels)
+    keep = stratified_sample(targets if targets is not None else np.zeros(len(files), dtype=np.int64),
+                             DEFAULT_CHECK_SIZE)
+    return _reference(model, spec, [files[i] for i in keep], None if targets is None else targets[keep],
+                      Path(args.check_data).name)
+
+
+def _refuse_overlap(check: Path, calib: Path) -> None:
+    from edge_cls.data import image_files
+
+    overlap = {p.resolve() for p in image_files(check)} & {p.resolve() for p in image_files(calib)}
+    if overlap:
+        raise ConfigError(f"--check-data and --calib-data share {len(overlap)} images (e.g. {sorted(overlap)[0]}): an "
+                          "artifact must not be checked on the images it was calibrated on")
 
 
 def _labels_for(args: argparse.Namespace) -> list[str]:

@@ -282,9 +282,20 @@ VOCABULARY: dict[str, Flag] = {
     ),
     "max_drop": Flag(
         ("--max-drop",),
-        "points of top-1 a low-precision artifact may lose on the check images; without labels, top-1 "
-        "agreement with PyTorch must be >= 99.5%% instead (default: 0.3)",
+        "points of top-1 accuracy a low-precision artifact may be expected to lose on the check images, with or "
+        "without labels (the upper end of its 90%% interval over pictures must stay within it; default: 0.3)",
         kwargs={"type": _float_in(0.0, 100.0), "metavar": "POINTS"},
+    ),
+    "qad_seconds": Flag(
+        ("--qad-seconds",),
+        "wall-time cap of quantization-aware distillation's fine-tuning; 0: never (build: default 60, always "
+        "run; export: default 180, run when the plain INT8 recipes miss the bar)",
+        kwargs={"type": NON_NEGATIVE_FLOAT, "metavar": "SECONDS"},
+    ),
+    "min_agreement": Flag(
+        ("--min-agreement",),
+        "also require this top-1 agreement with the float model (the strict rule, e.g. 0.995)",
+        kwargs={"type": FRACTION, "metavar": "FRACTION"},
     ),
     "recipes": Flag(
         ("--recipes",),

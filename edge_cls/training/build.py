@@ -23,8 +23,16 @@ import torch
 from edge_cls._fileio import write_json_atomic, write_text_atomic
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.data import Split, preprocess_split
-from edge_cls.export import AccuracyBar, ReferenceSet, SearchSettings, export_artifacts, resolve_targets, tool_versions
+from edge_cls.export import (
+    AcceptanceRule,
+    ReferenceSet,
+    SearchSettings,
+    export_artifacts,
+    resolve_targets,
+    tool_versions,
+)
 from edge_cls.export.artifacts import ExportedArtifact
+from edge_cls.export.qad import TuningData
 from edge_cls.measure.latency import BenchResult, bench_artifact, measure
 from edge_cls.measure.machine import machine_description
 from edge_cls.measure.tables import markdown_table, search_markdown, text_table
@@ -47,7 +55,8 @@ class BuildResult:
 
 def build(config: BuildConfig) -> BuildResult | None:
     """Run the whole pipeline and write the report; returns the benchmark rows (None on ranks > 0)."""
-    targets = resolve_targets(config.formats, config.precisions)  # fail fast on a bad format
+    targets = resolve_targets(config.formats, config.precisions)  # fail fast on a bad format...
+    search = search_settings(config)  # ...a bad recipe name or bar
     out = Path(config.out_dir)
     outcome = run_distill(config)
     if not outcome.context.is_main:
@@ -55,7 +64,7 @@ def build(config: BuildConfig) -> BuildResult | None:
     clock = StageClock(outcome.stage_seconds)
     outcome.student.model.cpu()
     outcome.teacher.model.cpu()
-    exported = _export(config, outcome, targets)
+    exported = _export(config, outcome, targets, search)
     clock.lap("export")
     rows = _benchmark(config, outcome, exported)
     clock.lap("benchmark")
@@ -68,7 +77,34 @@ def build(config: BuildConfig) -> BuildResult | None:
     return BuildResult(rows, clock.seconds, report, text_table(rows))
 
 
-def _export(config: BuildConfig, outcome: DistillOutcome, targets: list) -> list[ExportedArtifact]:
+def search_settings(config: BuildConfig) -> SearchSettings:
+    """The precision search of a build: the config's bar and recipes (checked here, before any
+    training); quantization-aware distillation always runs (bounded by ``qad_seconds``), so the
+    report shows what it recovers."""
+    from edge_cls.cli.export import distillation
+
+    return SearchSettings(rule=AcceptanceRule(max_drop=config.max_drop), accept_drop=config.accept_drop,
+                          only=config.recipes or None, **distillation(config.qad_seconds, always=True))
+
+
+def _tuning(outcome: DistillOutcome) -> TuningData:
+    """What quantization-aware distillation fine-tunes on in a build: training images, with the float
+    student's soft targets (added by the distillation) and the teacher's, averaged."""
+    split, student, teacher = outcome.splits["train"], outcome.student, outcome.teacher
+    teacher_model = teacher.model.eval()
+
+    def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        paths = [split.paths[i] for i in rng.integers(0, len(split), n)]
+        with torch.no_grad():
+            logits = teacher_model(torch.from_numpy(np.stack([teacher.spec(p) for p in paths]))).float().numpy()
+        return np.stack([student.spec(p) for p in paths]), logits
+
+    return TuningData(sample, f"{len(split)} training images, the float student's and {teacher.recipe.name}'s "
+                              "soft targets")
+
+
+def _export(config: BuildConfig, outcome: DistillOutcome, targets: list,
+            search: SearchSettings) -> list[ExportedArtifact]:
     """Calibrate on the training split, choose on the validation split (never the calibration
     images), export every format: what ships is measured, not assumed."""
     student, splits = outcome.student, outcome.splits
@@ -79,13 +115,12 @@ def _export(config: BuildConfig, outcome: DistillOutcome, targets: list) -> list
         splits["train"], spec, size=config.calibration_size, cache_dir=Path(config.out_dir) / "cache",
         augment_to=config.calibration_size if config.calib_augment else 0,
     )
-    search = SearchSettings(bar=AccuracyBar(max_drop=config.max_drop), accept_drop=config.accept_drop,
-                            only=config.recipes or None)
     return export_artifacts(
         student.model, spec, outcome.classes, Path(config.out_dir) / "artifacts", targets, reference=check,
         calibration=calibration, model_name=config.student, onnx_exporter=config.onnx_exporter,
         task="multi_label" if outcome.multi_label else "single_label", search=search,
         taxonomy=Taxonomy.from_file(config.taxonomy, outcome.classes) if config.taxonomy else None,
+        tuning=None if outcome.multi_label else _tuning(outcome),
     )
 
 

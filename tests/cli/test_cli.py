@@ -190,7 +190,7 @@ def test_build_end_to_end_on_a_folder(tmp_path, digits_root):
     out = tmp_path / "build"
     result = run("build", "--data", digits_root, "--teacher", "test_vit", "--student", "test_efficientnet",
                  "--input-size", "32", "--teacher-epochs", "1", "--student-epochs", "1", "--calibration-size", "16",
-                 "--bench-iterations", "5", "--out", out, timeout=900)
+                 "--bench-iterations", "5", "--qad-seconds", "5", "--out", out, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in (out / "artifacts").iterdir()) == ["onnx", "openvino"]
     report = json.loads((out / "report.json").read_text())
@@ -203,6 +203,8 @@ def test_build_end_to_end_on_a_folder(tmp_path, digits_root):
         recipes = [row["recipe"] for row in search["candidates"]]
         assert recipes[0] in ("ort-fp32", "ov-fp32") and any(r["precision"] == "int8" for r in search["candidates"])
         assert sum(row["verdict"] == "shipped" for row in search["candidates"]) == 1
+        distilled = [row for row in search["candidates"] if row["recipe"].endswith("-qad")]
+        assert distilled and distilled[0].get("qad_steps", 0) > 0, distilled  # the build always distils, bounded
     assert "## Precision search" in (out / "report.md").read_text()
     for stage in ("data", "teacher", "student_alone", "distill", "export", "benchmark"):
         assert stage in report["stage_seconds"]

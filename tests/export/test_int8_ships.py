@@ -1,0 +1,125 @@
+"""Both sides of INT8, on a model trained here: INT8 that keeps its answers ships; INT8 whose answers
+a function-preserving rescale has damaged is refused naively and repaired by equalization; and
+quantization-aware distillation runs bounded, its artifact equal to its fake-quantized model."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edge_cls.calibration_data import CalibrationSet
+from edge_cls.data import load_splits, preprocess_split
+from edge_cls.errors import ExportError
+from edge_cls.export import AcceptanceRule, ReferenceSet, SearchSettings, export_artifacts, resolve_targets
+from edge_cls.preprocess import PreprocessSpec
+
+pytestmark = pytest.mark.slow
+SPEC = PreprocessSpec(input_size=(32, 32))
+OUTLIER = 3  # the projection channel scaled by 64
+
+
+class Projected(nn.Module):
+    """A stem, a linear projection (conv + BatchNorm, no activation) feeding one convolution only, a head."""
+
+    num_classes = 10
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.project = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.expand = nn.Sequential(nn.Conv2d(8, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                                    nn.Conv2d(32, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.expand(self.project(self.stem(x))))
+
+
+def rescaled(model: Projected, channel: int = OUTLIER, factor: float = 64.0) -> Projected:
+    """Multiply one projection channel (BatchNorm weight and bias) by ``factor`` and divide the next
+    convolution's matching input channel by it: with a power of two the function is unchanged, exactly."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        out.project[1].weight[channel] *= factor
+        out.project[1].bias[channel] *= factor
+        out.expand[0].weight[:, channel] /= factor
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(demo_root):
+    splits = load_splits(demo_root)
+    train, train_targets = preprocess_split(splits["train"], SPEC)
+    torch.manual_seed(0)
+    model = Projected()
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    for _ in range(2):
+        for index in torch.randperm(len(train)).split(64):
+            logits = model(torch.from_numpy(train[index]))
+            loss = nn.functional.cross_entropy(logits, torch.from_numpy(train_targets[index]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    val, val_targets = preprocess_split(splits["val"], SPEC)
+    calibration = CalibrationSet.from_split(splits["train"], SPEC, size=64)
+    return model, splits["train"].classes, (val, val_targets), calibration
+
+
+def export(model, trained, out, *, precisions=("int8",), formats=("onnx", "openvino"), **search):
+    _, labels, (val, targets), calibration = trained
+    settings = SearchSettings(rule=AcceptanceRule(max_drop=0.3), rounds=3, block=3, **search)
+    return export_artifacts(model, SPEC, labels, out, resolve_targets(list(formats), list(precisions)),
+                            reference=ReferenceSet.from_model(model, val, targets, name="val"),
+                            calibration=calibration, search=settings)
+
+
+def test_int8_that_keeps_its_answers_ships(trained, tmp_path):
+    model = trained[0]
+    assert (model(torch.from_numpy(trained[2][0])).argmax(1).numpy() == trained[2][1]).mean() > 0.6  # trained briefly
+    for artifact in export(model, trained, tmp_path, only=("ort-qdq-u8s8", "ov-nncf-mixed"), restore="never"):
+        parity = artifact.manifest.parity
+        assert artifact.manifest.precision == "int8" and not artifact.manifest.accepted_drop
+        assert parity["drop_high_points"] <= 0.3 and parity["pictures"] == 500
+
+
+def test_the_rescaled_outlier_never_ships_naively_and_equalization_repairs_it(trained, tmp_path):
+    model = trained[0]
+    broken = rescaled(model)
+    batch = torch.from_numpy(trained[2][0][:64])
+    assert torch.equal(broken(batch), model(batch))  # the float model is unchanged, bit for bit
+    with pytest.raises(ExportError, match="no int8 recipe meets the rule"):
+        export(broken, trained, tmp_path / "naive", only=("ort-qdq-u8s8", "ov-nncf-mixed"), restore="never")
+    repaired = export(broken, trained, tmp_path / "repaired", only=("ort-qdq-u8s8", "ort-qdq-u8s8-cle", "ov-nncf-mixed",
+                                                                    "ov-nncf-cle", "ov-ort-qdq-cle"))
+    for artifact in repaired:
+        rows = {row["recipe"]: row for row in artifact.manifest.search["candidates"]}
+        assert artifact.manifest.recipe.endswith("-cle"), rows
+        naive = rows["ort-qdq-u8s8" if artifact.target.format.name == "onnx" else "ov-nncf-mixed"]
+        assert naive["verdict"] == "misses bar" and naive["expected_drop"] > 0.3
+        assert artifact.manifest.parity["drop_high_points"] <= 0.3
+    auto = export(broken, trained, tmp_path / "auto", precisions=("auto",), only=("ort-qdq-u8s8", "ov-nncf-mixed"),
+                  restore="never")
+    for artifact in auto:  # whatever auto ships, it is within the bar (here: FP32, as no INT8 is)
+        assert artifact.manifest.parity["drop_high_points"] <= 0.3
+
+
+def test_quantization_aware_distillation_is_bounded_and_its_artifact_equals_its_fake_quant_model(trained, tmp_path):
+    from edge_cls.export.recipes import RECIPES
+
+    model = rescaled(trained[0])  # something to recover
+    budget = replace(RECIPES["ort-qad"].distill, max_seconds=10.0, max_steps=40)
+    artifacts = export(model, trained, tmp_path, only=("ort-qad", "ov-qad"), restore="always", accept_drop=True,
+                       distill_budget=budget)
+    for artifact in artifacts:
+        assert artifact.manifest.recipe in ("ort-qad", "ov-qad")
+        row = next(r for r in artifact.manifest.search["candidates"] if r["recipe"] == artifact.manifest.recipe)
+        assert 0 < row["qad_steps"] <= 40 and row["qad_seconds"] <= 10.0 + 5
+        assert row["qad_export_max_abs_error"] < 1e-2  # the QDQ graph computes what the fake-quant model did
+        assert row["qad_loss_last"] <= row["qad_loss_first"]
+        assert np.isfinite(row["expected_drop"])
