@@ -113,11 +113,13 @@ class FolderSplit:
 
 
 def picture_ids(files: Sequence[str | os.PathLike[str]]) -> np.ndarray:
-    """One id per file for the picture it shows: files in one folder that share a stem (``cat.jpg``,
-    ``cat.png``, ``cat.webp``) are one picture. Splits and uncertainties work on pictures, never on
-    files, so one picture is never both calibrated on and checked with, nor counted twice as evidence."""
+    """One id per file for the picture it shows: files in one folder whose names agree up to the first
+    dot are one picture (``cat.jpg``, ``cat.png``, ``cat.crop2.jpg``: a picture, its other formats, its
+    crops). Splits and uncertainties work on pictures, never on files, so one picture is never both
+    calibrated on and checked with, nor counted as several pieces of evidence."""
     ids: dict[tuple[str, str], int] = {}
-    return np.array([ids.setdefault((str(Path(f).parent), Path(f).stem), len(ids)) for f in files], dtype=np.int64)
+    return np.array([ids.setdefault((str(Path(f).parent), Path(f).name.split(".")[0]), len(ids)) for f in files],
+                    dtype=np.int64)
 
 
 def default_cache_dir() -> Path | None:

@@ -105,38 +105,55 @@ def _table(header: list[str], body: list[list[str]], markdown: bool) -> list[str
 
 
 # The precision search's record (a manifest's ``search`` block), for `edge-cls info` and the build report.
+def _drop_text(row: dict[str, Any]) -> str:
+    drop = row.get("expected_drop")
+    if drop is None:
+        return "-"
+    return f"{drop:.2f} [{row.get('drop_low', 0):.2f}, {row.get('drop_high', 0):.2f}]"
+
+
+def _agreement_text(row: dict[str, Any]) -> str:
+    if row.get("agreement") is None:
+        return "-"
+    text = f"{100 * row['agreement']:.1f}%"
+    if row.get("confident_agreement") is not None:
+        text += f" ({100 * row['confident_agreement']:.1f}% confident)"
+    return text
+
+
+def _check_text(search: dict[str, Any]) -> str:
+    check = search.get("check", {})
+    pictures = f" ({check['pictures']} pictures)" if check.get("pictures") else ""
+    return f"{check.get('images', '?')} {check.get('split', '?')} images{pictures}"
+
+
 def format_search(search: dict[str, Any]) -> list[str]:
     """The search block as aligned text lines, for ``edge-cls info`` and the build report."""
-    lines = [f"search:     {search.get('requested', '?')}, bar {search.get('bar', '?')} on "
-             f"{search.get('check', {}).get('images', '?')} {search.get('check', {}).get('split', '?')} images; "
+    lines = [f"search:     {search.get('requested', '?')}, bar: {search.get('bar', '?')}, on {_check_text(search)}; "
              f"chose {search.get('chosen', '?')}: {search.get('reason', '')}"]
     for row in search.get("candidates", []):
-        p50, spread, top1 = row.get("p50_ms"), row.get("spread"), row.get("top1")
+        p50, spread = row.get("p50_ms"), row.get("spread")
         timing = "-" if p50 is None else f"{p50:.3f} ms" + ("" if spread is None else f" ±{100 * spread:.0f}%")
-        agree = f"agree {100 * (row.get('agreement') or 0):.1f}%"
-        accuracy = ("" if top1 is None else f"top-1 {100 * top1:.2f}%, ") + agree
-        lines.append(f"  {row.get('recipe', '?'):<22} {row.get('precision', '?'):<5} {timing:>16}  {accuracy:<28} "
-                     f"{row.get('verdict', '')}: {row.get('why', '')}")
+        lines.append(f"  {row.get('recipe', '?'):<22} {row.get('precision', '?'):<5} {timing:>16}  drop "
+                     f"{_drop_text(row):<20} agree {_agreement_text(row):<28} {row.get('verdict', '')}: "
+                     f"{row.get('why', '')}")
     return lines
 
 
 def search_markdown(search: dict[str, Any]) -> list[str]:
-    """The search block as a Markdown table, for the build report."""
+    """The search block as a Markdown table, for the build report and the benchmarks."""
     rows = search.get("candidates", [])
     fp32 = next((r for r in rows if r.get("precision") == "fp32" and r.get("p50_ms")), None)
-    check = search.get("check", {})
-    lines = [f"Requested `{search.get('requested')}`; bar: {search.get('bar')} on {check.get('images')} "
-             f"{check.get('split')} images; chose `{search.get('chosen')}`: {search.get('reason')}.", "",
-             "| recipe | precision | ran as | p50 ms (round-robin) | x FP32 | top-1 | drop (pts) | agree | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"Requested `{search.get('requested')}`; bar: {search.get('bar')}; on {_check_text(search)}; chose "
+             f"`{search.get('chosen')}`: {search.get('reason')}.", "",
+             "| recipe | precision | ran as | p50 ms (round-robin) | x FP32 | expected drop, pts [90%] | flips | "
+             "agreement | build s | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         p50, spread = row.get("p50_ms"), row.get("spread")
         ratio = p50 / fp32["p50_ms"] if p50 and fp32 else None
         lines.append(
             f"| {row.get('recipe')} | {row.get('precision')} | {row.get('runtime_precision') or '-'} | "
             + ("-" if p50 is None else f"{p50:.3f}" + ("" if spread is None else f" ±{100 * spread:.0f}%")) + " | "
-            + ("-" if ratio is None else f"{ratio:.2f}") + " | "
-            + ("-" if row.get("top1") is None else f"{100 * row['top1']:.2f}%") + " | "
-            + ("-" if row.get("drop_points") is None else f"{row['drop_points']:+.2f}") + " | "
-            + f"{100 * (row.get('agreement') or 0):.1f}% | {row.get('verdict')}: {row.get('why')} |")
+            + ("-" if ratio is None else f"{ratio:.2f}") + f" | {_drop_text(row)} | {row.get('flips', '-')} | "
+            + f"{_agreement_text(row)} | {row.get('build_seconds', 0):.0f} | {row.get('verdict')}: {row.get('why')} |")
     return lines

@@ -115,14 +115,6 @@ class Judgement:
     settle_pictures: int | None = None
 
 
-def source_groups(names: Sequence[str]) -> np.ndarray:
-    """One group id per check image: files that share a stem (``cat.jpg``, ``cat.png``) are one picture."""
-    from pathlib import PurePath
-
-    stems: dict[str, int] = {}
-    return np.array([stems.setdefault(PurePath(str(n)).stem, len(stems)) for n in names], dtype=np.int64)
-
-
 def measure(reference_logits: np.ndarray, candidate_logits: np.ndarray, *, temperature: float = 1.0,
             targets: np.ndarray | None = None, groups: np.ndarray | None = None,
             rule: AcceptanceRule | None = None) -> Evidence:
@@ -130,7 +122,7 @@ def measure(reference_logits: np.ndarray, candidate_logits: np.ndarray, *, tempe
 
     ``temperature``: the reference's fitted temperature (1.0 without a fit). ``targets``: true class
     indices, when the check images are labelled. ``groups``: the source picture of each image (see
-    :func:`source_groups`); by default every image is its own picture.
+    :func:`edge_cls.calibration_data.picture_ids`); by default every image is its own picture.
     """
     rule = rule or AcceptanceRule()
     reference_logits, candidate_logits = np.asarray(reference_logits), np.asarray(candidate_logits)
