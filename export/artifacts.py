@@ -5,7 +5,7 @@ precisions need (:mod:`edge_cls.export.recipes`) is built in a staging directory
 the public runtime API, judged on the check images (never the calibration images) by what its
 changed answers are expected to cost (:mod:`edge_cls.quality.acceptance`), recovered where the
 plain INT8 recipes miss (:mod:`.recovery`), timed round-robin on this machine, cross-fitted where
-the check images came from the calibration folder (:mod:`.crossfit`); :mod:`edge_cls.export.search`
+the check images came from the calibration folder (:mod:`.crossfit`); :mod:`edge_cls.quality.selection`
 then chooses what ships. An FP32 artifact that disagrees with PyTorch on any check image fails the
 export. Nothing is published until every target has been built and chosen; then all targets are
 swapped into place together, so a failed export leaves every previous artifact as it was.
@@ -18,6 +18,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from edge_cls.artifact.manifest import Manifest
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.errors import ExportError
 from edge_cls.preprocess import PreprocessSpec
+from edge_cls.quality.selection import Selection, search_table, select
 
 from .candidates import (
     Candidate,
@@ -47,7 +50,6 @@ from .publish import OWNER_FILE, WORK_PREFIX, publish_all, refuse_foreign_destin
 from .recipes import candidates
 from .recovery import recover
 from .reference import CrossFit, ReferenceSet
-from .search import Selection, search_table, select
 
 logger = logging.getLogger(__name__)
 
@@ -88,13 +90,30 @@ def export_artifacts(
     ``cross_fit``: the second fold when the check images are half of the calibration folder.
     ``tuning``: what quantization-aware distillation fine-tunes on (default: the calibration images).
     """
+    out_dir = Path(out_dir)
+    refuse_foreign_destinations(out_dir, targets)
+    with prepared(model, spec, labels, out_dir, targets, reference=reference, calibration=calibration,
+                  model_name=model_name, task=task, onnx_exporter=onnx_exporter, search=search, taxonomy=taxonomy,
+                  cross_fit=cross_fit, tuning=tuning) as context:
+        results, publish = [], []
+        for fmt, group in _by_format(targets).items():
+            for artifact, staging in _export_format(context, fmt, group):
+                results.append(artifact)
+                publish.append((staging, artifact.path))
+        publish_all(publish, context.work)
+        return results
+
+
+@contextmanager
+def prepared(model: torch.nn.Module, spec: PreprocessSpec, labels: list[str], out_dir: Path,
+             targets: list[ExportTarget], *, reference: ReferenceSet, calibration: CalibrationSet | None,
+             search: SearchSettings | None, onnx_exporter: str = "dynamo", **context: Any) -> Iterator[ExportContext]:
+    """A work directory inside ``out_dir`` (same file system: publishing renames), the FP32 ONNX graph
+    exported into it once, and the context every candidate shares; the work is removed afterwards."""
     from .onnx_export import export_onnx
 
-    search = search or SearchSettings()
-    out_dir = Path(out_dir)
     if any(t.precision == "int8" for t in targets) and calibration is None:
         raise ExportError("INT8 targets need a calibration set (a folder of representative images)")
-    refuse_foreign_destinations(out_dir, targets)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_abandoned_work(out_dir)
     work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=out_dir))
@@ -104,16 +123,8 @@ def export_artifacts(
         started = time.perf_counter()
         export_onnx(model, spec, labels, source, exporter=onnx_exporter)
         logger.info("exported ONNX in %.1fs", time.perf_counter() - started)
-        context = ExportContext(source=source, work=work, spec=spec, labels=list(labels), task=task,
-                                model_name=model_name, reference=reference, calibration=calibration, search=search,
-                                taxonomy=taxonomy, model=model, tuning=tuning, cross_fit=cross_fit)
-        results, publish = [], []
-        for fmt, group in _by_format(targets).items():
-            for artifact, staging in _export_format(context, fmt, group):
-                results.append(artifact)
-                publish.append((staging, artifact.path))
-        publish_all(publish, work)
-        return results
+        yield ExportContext(source=source, work=work, spec=spec, labels=list(labels), reference=reference,
+                            calibration=calibration, search=search or SearchSettings(), model=model, **context)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -125,8 +136,8 @@ def _by_format(targets: list[ExportTarget]) -> dict[str, list[ExportTarget]]:
     return groups
 
 
-def measure_format(ctx: ExportContext, fmt: str, precisions: list[str]) -> list[Candidate]:
-    """Build, judge, recover, time and cross-fit every candidate of one format."""
+def measure_format(ctx: ExportContext, fmt: str, precisions: list[str], *, timed: bool = True) -> list[Candidate]:
+    """Build, judge, recover, time (unless the device will) and cross-fit every candidate of one format."""
     recipes = candidates(fmt, precisions, transformer=_is_transformer(ctx.source), bf16=_cpu_has_bf16(fmt),
                          only=list(ctx.search.only) if ctx.search.only is not None else None)
     if ctx.calibration is None:
@@ -138,8 +149,9 @@ def measure_format(ctx: ExportContext, fmt: str, precisions: list[str]) -> list[
         require_fp32_parity(built)
         if {"int8", "auto"} & set(precisions):
             built += recover(ctx, fmt, built)
-        time_candidates(ctx, built)
-        cross_fit(ctx, built, precisions)
+        if timed:
+            time_candidates(ctx, built)
+        cross_fit(ctx, built, precisions, timed=timed)
     except BaseException:
         close_candidates(built)
         raise

@@ -20,11 +20,11 @@ from edge_cls.errors import ArtifactError, ExportError
 from edge_cls.measure.timing import round_robin
 from edge_cls.preprocess import PreprocessSpec
 from edge_cls.quality.acceptance import AcceptanceRule, judge
+from edge_cls.quality.selection import Measured
 
 from .formats import FORMATS, BuildJob
 from .recipes import Distillation, Recipe, check_names
 from .reference import CrossFit, ReferenceSet
-from .search import Measured
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +65,11 @@ class ExportContext:
     work: Path
     spec: PreprocessSpec
     labels: list[str]
-    task: str
-    model_name: str
     reference: ReferenceSet
     calibration: CalibrationSet | None
     search: SearchSettings
+    task: str = "single_label"
+    model_name: str = ""
     taxonomy: Any = None  # edge_cls.taxonomy.Taxonomy
     model: Any = None  # the float PyTorch model (quantization-aware distillation fine-tunes a copy)
     tuning: Any = None  # edge_cls.export.qad.TuningData; None: the calibration images
@@ -85,6 +85,8 @@ class Candidate:
     classifier: Any = None
     measured: Measured | None = None
     logits: np.ndarray | None = None  # on the check images
+    second_fold: Path | None = None  # cross-fitting: the model calibrated on the other half (kept for a bundle)
+    second_logits: np.ndarray | None = None  # its logits on the other half
 
 
 def tool_versions() -> dict[str, str]:

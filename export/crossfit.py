@@ -17,30 +17,32 @@ import logging
 import numpy as np
 
 from edge_cls.quality.acceptance import Judgement, judge
+from edge_cls.quality.selection import faster_than
 
 from .candidates import Candidate, ExportContext, build_candidate, close_candidates
 from .formats import AUTO
-from .search import faster_than
 
 logger = logging.getLogger(__name__)
 
 
-def cross_fit(ctx: ExportContext, built: list[Candidate], requested: list[str]) -> None:
-    """Judge the finalists on both folds (fastest first, until every requested precision has a winner)."""
+def cross_fit(ctx: ExportContext, built: list[Candidate], requested: list[str], *, timed: bool = True) -> None:
+    """Judge the finalists on both folds: fastest first, until every requested precision has a winner;
+    untimed (a bundle: the device times them), every candidate that could ship."""
     fold = ctx.cross_fit
     fp32 = next(c for c in built if c.recipe.precision == "fp32")
     if fold is None or fp32.measured is None:
         return
     both = ctx.reference.joined(fold.reference, name=f"{ctx.reference.name} + {fold.reference.name} (cross-fitted)")
-    fp32_second = fp32.classifier.logits(fold.reference.batch)
-    fp32.measured.evidence = both.evidence(np.concatenate([fp32.logits, fp32_second]), ctx.search.rule)
+    fp32.second_logits = fp32.classifier.logits(fold.reference.batch)
+    fp32.measured.evidence = both.evidence(np.concatenate([fp32.logits, fp32.second_logits]), ctx.search.rule)
     open_precisions = set(requested)
-    for candidate in sorted(_finalists(built, fp32), key=lambda c: c.measured.p50_ms):  # type: ignore[union-attr]
+    finalists = _finalists(built, fp32, timed)
+    for candidate in sorted(finalists, key=lambda c: c.measured.p50_ms) if timed else finalists:  # type: ignore
         m = candidate.measured
-        if not (open_precisions & {AUTO, candidate.recipe.precision}):
+        if timed and not (open_precisions & {AUTO, candidate.recipe.precision}):
             m.judgement = Judgement(False, "not cross-fitted: a faster candidate already passed both folds")
             continue
-        second = _second_fold_logits(ctx, candidate)
+        second = candidate.second_logits = _second_fold_logits(ctx, candidate)
         if second is None:
             m.judgement = Judgement(False, f"its second fold could not be built ({m.extra.get('cross_fit_error')})")
             continue
@@ -51,11 +53,12 @@ def cross_fit(ctx: ExportContext, built: list[Candidate], requested: list[str]) 
             open_precisions -= {AUTO, candidate.recipe.precision}
 
 
-def _finalists(built: list[Candidate], fp32: Candidate) -> list[Candidate]:
-    """Candidates that could ship: faster than FP32, and meeting the rule on one fold or short of evidence."""
+def _finalists(built: list[Candidate], fp32: Candidate, timed: bool) -> list[Candidate]:
+    """Candidates that could ship: meeting the rule on one fold or short of evidence there, and (when
+    timed) faster than FP32."""
     return [c for c in built if c is not fp32 and c.measured is not None and c.measured.judgement is not None
             and not c.measured.error and (c.measured.judgement.meets or c.measured.judgement.thin)
-            and faster_than(c.measured, fp32.measured)]  # type: ignore[arg-type]
+            and (not timed or faster_than(c.measured, fp32.measured))]  # type: ignore[arg-type]
 
 
 def _second_fold_logits(ctx: ExportContext, candidate: Candidate) -> np.ndarray | None:
@@ -65,6 +68,7 @@ def _second_fold_logits(ctx: ExportContext, candidate: Candidate) -> np.ndarray 
         return candidate.classifier.logits(fold.reference.batch)  # type: ignore[union-attr]
     twin = build_candidate(ctx, candidate.recipe, calibration=fold.calibration,  # type: ignore[union-attr]
                            staging_name=f"{candidate.recipe.name}-fold2")
+    candidate.second_fold = twin.staging
     try:
         if twin.classifier is None:
             candidate.measured.extra["cross_fit_error"] = twin.measured.error  # type: ignore[union-attr]

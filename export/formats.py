@@ -17,6 +17,7 @@ from typing import Any
 
 from edge_cls.backends import BACKENDS
 from edge_cls.errors import BackendUnavailableError, ConfigError
+from edge_cls.quality.selection import AUTO
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,6 @@ FORMATS: dict[str, Format] = {
 }
 
 
-AUTO = "auto"  # the fastest candidate that keeps the answer, chosen by measurement
 
 
 @dataclass(frozen=True)

@@ -119,8 +119,9 @@ def distill_quantized(model: torch.nn.Module, calibration: CalibrationSet, tunin
     run.folded_batchnorms = fold_batchnorms(student)
     example = torch.from_numpy(calibration.array[:2])
     with torch.no_grad():
-        drift = float((student(example) - reference(example)).abs().max())
-    if drift > 1e-3 * max(1.0, float(reference(example).abs().max())):
+        expected = reference(example)
+        drift = float((student(example) - expected).abs().max())
+    if drift > 1e-3 * max(1.0, float(expected.abs().max())):
         raise ExportError(f"folding BatchNorm changed the model's logits by {drift:.3g}: cannot distil it quantized")
     nncf.set_log_level(logging.WARNING)
     try:

@@ -3,7 +3,7 @@
 The fastest INT8 recipe depends on the CPU and the model (ONNX Runtime's S8S8 QDQ is 3-4x slower
 than FP32 on squeeze-excite CNNs on x86, U8S8 is faster; on an Intel Xeon with AMX even U8S8 lost
 to FP32 on mobilenetv3_large), so edge-cls does not pick one by default: the precision search
-(:mod:`edge_cls.export.search`) builds the candidates listed here, measures them on this machine
+(:mod:`edge_cls.quality.selection`) builds the candidates listed here, measures them on this machine
 and ships what wins. Every shipped manifest names its recipe.
 """
 

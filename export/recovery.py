@@ -16,10 +16,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from edge_cls.quality.acceptance import judge, measure
+from edge_cls.quality.selection import Measured
 
 from .candidates import Candidate, ExportContext, build_candidate, judge_candidate, open_candidate
 from .recipes import RECIPES, Recipe
-from .search import Measured
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def restore_onnx(ctx: ExportContext, recipe: Recipe, built: list[Candidate]) -> 
     measured = Measured(name="onnx-int8", recipe=name, precision="int8", build_seconds=time.perf_counter() - started)
     if result is None:
         measured.error = "restoring up to 16 layers to float did not meet the rule on the calibration images"
-        return Candidate(replace(recipe, name=name), staging, measured=measured)
+        return Candidate(replace(base.recipe, name=name, restores=True), staging, measured=measured)
     _, kept_float = result
     # The recipe that rebuilds it (a second cross-fitting fold): the base settings with those layers in float.
     restored = replace(base.recipe, name=name, restores=True, summary=f"{base.recipe.summary}; {len(kept_float)} "

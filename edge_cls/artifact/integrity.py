@@ -218,18 +218,20 @@ def signature(raw_manifest: bytes, key: bytes) -> str:
     return f"hmac-sha256:{hmac.new(key, raw_manifest, hashlib.sha256).hexdigest()}\n"
 
 
-def check_signature(directory: Path, raw_manifest: bytes, key: bytes) -> None:
-    """Refuse a manifest that is unsigned, or signed with another key, or changed since signing."""
-    path = directory / SIGNATURE_NAME
+def check_signature(directory: Path, raw_manifest: bytes, key: bytes, *, name: str = "manifest.json",
+                    signature_name: str = "manifest.json.hmac") -> None:
+    """Refuse a manifest (or a bundle's ``bundle.json``: ``name``) that is unsigned, or signed with another
+    key, or changed since signing."""
+    path = directory / signature_name
     if not os.path.lexists(path):
         raise ArtifactError(
-            f"{directory} is not signed (no {SIGNATURE_NAME}) but a manifest key is set: build it with the same "
+            f"{directory} is not signed (no {signature_name}) but a manifest key is set: build it with the same "
             f"key, or unset {KEY_FILE_ENV}/{KEY_ENV} to load unsigned artifacts"
         )
     found = read_bounded(path, 1024, "a manifest signature").strip()
     expected = signature(raw_manifest, key).strip().encode()
     if not hmac.compare_digest(found, expected):
         raise ArtifactError(
-            f"{path} does not match {MANIFEST_NAME} under this key: the manifest was changed after it was signed, "
+            f"{path} does not match {name} under this key: the manifest was changed after it was signed, "
             "or signed with another key; rebuild the artifact with the right key"
         )

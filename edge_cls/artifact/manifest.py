@@ -60,7 +60,7 @@ from edge_cls.preprocess import PreprocessSpec
 # - Anything edge-cls does not define goes under ``extensions`` ({"vendor.name": any JSON}), kept
 #   and never acted on. The manifest is hashed and signed whole, so every field is covered.
 SCHEMA_VERSION = 1
-SCHEMA_MINOR = 1  # 1.1: schema_minor and extensions
+SCHEMA_MINOR = 2  # 1.1: schema_minor and extensions; 1.2: device (where edge-cls choose measured it)
 FORMAT_NAME = "edge-cls-artifact"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -99,6 +99,7 @@ class Manifest:
     taxonomy: dict[str, str | None] | None = None  # parent of every class (and inner node): answers roll up
     summary: dict[str, Any] | None = None  # answers on the validation split, for ``edge-cls check``
     tools: dict[str, str] = field(default_factory=dict)
+    device: dict[str, str] | None = None  # the device `edge-cls choose` chose it on (CPU, instruction sets, OS)
     extensions: dict[str, Any] = field(default_factory=dict)  # {"vendor.name": any JSON}: kept, never acted on
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
@@ -139,6 +140,7 @@ class Manifest:
             "taxonomy": self.taxonomy,
             "summary": self.summary,
             "tools": self.tools,
+            "device": self.device,
             "extensions": self.extensions,
             "created_at": self.created_at,
         }
@@ -186,6 +188,7 @@ class Manifest:
             taxonomy=_read_taxonomy(top, labels),
             summary=_read_summary(top, len(labels)),
             tools=scalar_map(top, "tools", top.get("tools", dict), (str,)),
+            device=_read_device(top),
             extensions=_read_extensions(top),
             created_at=top.text("created_at", limit=100),
             schema_version=version,
@@ -278,6 +281,7 @@ FIELDS_OF_MINOR = {  # the top-level fields each minor of schema 1 defines
         "model_name", "model_file", "input", "output", "preprocess", "labels", "files", "parity", "accuracy", "recipe",
         "search", "accepted_drop", "calibration", "taxonomy", "summary", "tools", "created_at"},
     1: {"schema_minor", "extensions"},
+    2: {"device"},
 }
 
 
@@ -298,6 +302,11 @@ def _check_known_fields(top: Fields, version: int) -> int:
                 "other data under 'extensions', or rebuild the artifact"
             )
     return minor
+
+
+def _read_device(top: Fields) -> dict[str, str] | None:
+    value = top.get("device", dict, optional=True)
+    return None if value is None else scalar_map(top, "device", value, (str,))
 
 
 def _read_extensions(top: Fields) -> dict[str, Any]:

@@ -47,6 +47,18 @@ def add_parsers(sub: Any) -> None:
     options.add(serve, "backend")
     serve.set_defaults(func=_cmd_serve)
 
+    choose = sub.add_parser(
+        "choose", help="on the device: re-check and time a bundle's candidates here, write the winner as an artifact",
+        description="Verify a candidate bundle (made by 'edge-cls export --defer-choice'), re-check every candidate "
+        "on its stored check images with this device's runtime, time them round-robin here, and write the fastest "
+        "that keeps the answer (the same rule as the export) as a normal artifact that records this device. Needs "
+        "only numpy, pillow and one runtime.")
+    choose.add_argument("bundle", type=Path, help="a candidate bundle directory (holds bundle.json)")
+    options.add(choose, "output", note="required: the artifact directory to write")
+    options.add(choose, "format")
+    options.add(choose, "rounds", default=7, note="timing rounds; default: 7")
+    choose.set_defaults(func=_cmd_choose)
+
     info = sub.add_parser("info", help="what an artifact is and how it was checked")
     info.add_argument("artifact", type=Path, help="an artifact directory (holds manifest.json)")
     options.add(info, "json")
@@ -127,6 +139,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             pass
         print("edge-cls: stopping: finishing the requests in flight", file=sys.stderr, flush=True)
+    return 0
+
+
+def _cmd_choose(args: argparse.Namespace) -> int:
+    from edge_cls.errors import ConfigError
+    from edge_cls.measure.choose import choose
+
+    if args.output is None:
+        raise ConfigError("give --output DIR: the artifact the device chooses is written there")
+    result = choose(args.bundle, args.output, fmt=args.format, rounds=args.rounds)
+    chosen, e = result.selection.chosen, result.selection.chosen.evidence
+    print(f"{result.artifact}: {chosen.precision} ({chosen.recipe}, ran as {chosen.runtime_precision}) on this "
+          f"device: {result.selection.reason}; expected top-1 drop {e.expected_drop:.2f} pts [{e.drop_low:.2f}, "
+          f"{e.drop_high:.2f}] on {e.pictures} pictures; chosen in {result.seconds:.1f} s")
     return 0
 
 

@@ -32,7 +32,8 @@ def add_parser(sub: Any) -> None:
     options.add(e, "output", note="one sub-directory per artifact")
     options.add(e, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
     options.add(e, "precisions", default=["auto"], note="default: auto")
-    options.add_all(e, "max_drop", "min_agreement", "accept_drop", "recipes", "qad_seconds", "taxonomy")
+    options.add_all(e, "max_drop", "min_agreement", "accept_drop", "recipes", "qad_seconds", "taxonomy",
+                    "defer_choice")
     e.set_defaults(func=run_export)
 
     z = sub.add_parser(
@@ -107,9 +108,19 @@ def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec
                             only=tuple(args.recipes) if args.recipes else None, **distillation(args.qad_seconds))
     calibrate = any(t.needs_calibration for t in targets)
     calibration, reference, cross_fit = _calibration_and_check(args, model, spec, labels, calibrate=calibrate)
-    exported = export_artifacts(model, spec, labels, args.output, targets, reference=reference,
-                                calibration=calibration, model_name=name, search=search, taxonomy=taxonomy,
-                                task=getattr(args, "task", "single_label"), cross_fit=cross_fit)
+    common = dict(reference=reference, calibration=calibration, model_name=name, search=search, taxonomy=taxonomy,
+                  task=getattr(args, "task", "single_label"), cross_fit=cross_fit)
+    if getattr(args, "defer_choice", False):
+        from edge_cls.artifact.bundle import bundle_bytes, read_bundle
+        from edge_cls.export.bundle_writer import export_bundle
+
+        path = export_bundle(model, spec, labels, args.output, targets, **common)
+        bundle = read_bundle(path)
+        names = ", ".join(c.recipe for c in bundle.candidates)
+        print(f"{path}: a candidate bundle of {len(bundle.candidates)} candidates ({names}), "
+              f"{bundle_bytes(path) / 1e6:.1f} MB; on the device: edge-cls choose {path} --output ARTIFACT")
+        return 0
+    exported = export_artifacts(model, spec, labels, args.output, targets, **common)
     for artifact in exported:
         print(_shipped_line(artifact))
     return 0

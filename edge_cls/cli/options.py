@@ -286,6 +286,14 @@ VOCABULARY: dict[str, Flag] = {
         "without labels (the upper end of its 90%% interval over pictures must stay within it; default: 0.3)",
         kwargs={"type": _float_in(0.0, 100.0), "metavar": "POINTS"},
     ),
+    "defer_choice": Flag(
+        ("--defer-choice",),
+        "check the candidates here but let the device time them and choose: writes a candidate bundle to "
+        "--output for 'edge-cls choose' on the device",
+        kwargs=BOOL,
+    ),
+    "format": Flag(("--format",), "which format's candidates to choose from (default: the one whose runtime is "
+                   "installed here)", kwargs={"metavar": "NAME"}),
     "qad_seconds": Flag(
         ("--qad-seconds",),
         "wall-time cap of quantization-aware distillation's fine-tuning; 0: never (build: default 60, always "

@@ -39,3 +39,15 @@ def device_model() -> str | None:
         return Path("/proc/device-tree/model").read_text().strip("\x00\n ") or None
     except OSError:
         return None
+
+
+def machine_record() -> dict[str, str]:
+    """What an artifact chosen on this machine records about it: CPU model and speed-relevant
+    instruction sets, cores, OS, Python, and the board where the firmware names one."""
+    record = {"description": machine_description(), "machine": platform.machine(),
+              "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+              "logical_cpus": str(os.cpu_count())}
+    board = device_model()
+    if board:
+        record["board"] = board
+    return record

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from edge_cls.errors import ConfigError, ExportError
-from edge_cls.export.search import Measured, faster_than, search_table, select
 from edge_cls.measure.timing import RoundRobinTiming
 from edge_cls.quality.acceptance import AcceptanceRule, Evidence, judge
+from edge_cls.quality.selection import Measured, faster_than, search_table, select
 
 RULE = AcceptanceRule(max_drop=0.3)
 

@@ -1,4 +1,4 @@
-"""The precision search: measure every candidate artifact of a backend, then choose.
+"""The precision search's choice: on measured candidates of one backend, what ships and why.
 
 For one backend, every candidate (FP32 and each low-precision recipe) is loaded through the
 public runtime API, judged on a check set that never overlaps its calibration images by what its
@@ -15,7 +15,8 @@ machine. Then:
 
 The whole table (candidate, recipe, p50, spread, expected drop and interval, flips, agreement,
 confident agreement, KL, verdict, why) goes into the shipped artifact's manifest, ``edge-cls
-info`` and the build report. Torch-free: ``edge-cls choose`` runs it on the device.
+info`` and the build report. Torch-free: ``edge-cls export`` runs it on the build host and
+``edge-cls choose`` on the device.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ from edge_cls.errors import ExportError
 from edge_cls.measure.timing import RoundRobinTiming
 from edge_cls.quality.acceptance import AcceptanceRule, Evidence, Judgement, describe
 
-from .formats import AUTO
-
 logger = logging.getLogger(__name__)
+
+AUTO = "auto"  # the precision that means: the fastest candidate that keeps the answer, chosen by measurement
 
 
 @dataclass
