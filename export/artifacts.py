@@ -248,6 +248,10 @@ def _is_transformer(onnx_path: Path) -> bool:
 def _cpu_has_bf16(fmt: str) -> bool:
     """Whether the format's backend computes bf16 natively on this machine's CPU (else a bf16
     candidate would only repeat FP32)."""
+    from edge_cls.errors import BackendUnavailableError
     from edge_cls.runtimes import backend_class
 
-    return "bf16" in backend_class(FORMATS[fmt].backend).native_precisions("CPU")
+    try:
+        return "bf16" in backend_class(FORMATS[fmt].backend).native_precisions("CPU")
+    except BackendUnavailableError:  # a format only the device runs (its bundle sources are built here)
+        return False

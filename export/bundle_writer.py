@@ -37,7 +37,7 @@ def export_bundle(model: Any, spec: Any, labels: list[str], out_dir: str | Path,
     if out_dir.exists() and not (out_dir / BUNDLE_NAME).is_file():
         raise ExportError(f"{out_dir} exists and is not an edge-cls bundle: it was left untouched; choose another "
                           "--output or move it away")
-    with prepared(model, spec, labels, out_dir.parent, targets, **export) as ctx:
+    with prepared(model, spec, labels, out_dir.parent, targets, deferred=True, **export) as ctx:
         staging = ctx.work / "bundle"
         staging.mkdir()
         entries, requested = [], {}

@@ -74,6 +74,7 @@ class ExportContext:
     model: Any = None  # the float PyTorch model (quantization-aware distillation fine-tunes a copy)
     tuning: Any = None  # edge_cls.export.qad.TuningData; None: the calibration images
     cross_fit: CrossFit | None = None
+    deferred: bool = False  # building a candidate bundle: formats built on the device write their sources
     shared: dict[str, Any] = field(default_factory=dict)
 
 
@@ -115,7 +116,7 @@ def build_candidate(ctx: ExportContext, recipe: Recipe, *, calibration: Calibrat
         job = BuildJob(ctx.source, staging, recipe.precision, ctx.spec, ctx.labels,
                        calibration or ctx.calibration, recipe=recipe, max_drop_fraction=ctx.search.rule.max_drop / 100,
                        model=ctx.model, tuning=ctx.tuning if calibration is None else None, shared=ctx.shared)
-        files, options = FORMATS[recipe.format].build_function()(job)
+        files, options = FORMATS[recipe.format].build_function(deferred=ctx.deferred)(job)
         open_candidate(ctx, candidate, files, options)
         run = ctx.shared.pop("last_distillation", None)
         if run is not None:
@@ -134,7 +135,8 @@ def candidate_manifest(ctx: ExportContext, recipe: Recipe, staging: Path, files:
     """The one manifest of a built candidate (the model file first in ``files``); the search's figures
     are added to the shipped one when it is finalised."""
     return Manifest(
-        backend=FORMATS[recipe.format].backend, precision=recipe.precision, model_file=files[0], spec=ctx.spec,
+        backend=FORMATS[recipe.format].host_backend(deferred=ctx.deferred), precision=recipe.precision,
+        model_file=files[0], spec=ctx.spec,
         labels=ctx.labels, files=describe_files(staging, files), task=ctx.task, model_name=ctx.model_name,
         runtime_options=options, recipe=recipe.name, tools=tool_versions(),
     )

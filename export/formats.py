@@ -31,18 +31,28 @@ class Format:
     packages: tuple[str, ...]  # what building it imports
     install: str  # how to get those packages
     precision_packages: dict[str, tuple[str, ...]] = field(default_factory=dict)  # extra needs per precision
+    deferred_builder: str | None = None  # for a candidate bundle: writes what the device builds the format from
+    deferred_backend: str | None = None  # the backend that checks that on the build host
+    deferred_packages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"format {self.name} names an unknown backend {self.backend!r}")
 
-    def missing_packages(self, precision: str) -> list[str]:
-        needed = [*self.packages, *self.precision_packages.get(precision, ())]
+    def missing_packages(self, precision: str, *, deferred: bool = False) -> list[str]:
+        if deferred and self.deferred_builder is not None:
+            needed = list(self.deferred_packages)
+        else:
+            needed = [*self.packages, *self.precision_packages.get(precision, ())]
         return [name for name in needed if importlib.util.find_spec(name) is None]
 
-    def build_function(self) -> Callable[[BuildJob], tuple[list[str], dict[str, Any]]]:
-        module, function = self.builder.split(":")
+    def build_function(self, *, deferred: bool = False) -> Callable[[BuildJob], tuple[list[str], dict[str, Any]]]:
+        module, function = (self.deferred_builder if deferred and self.deferred_builder else self.builder).split(":")
         return getattr(importlib.import_module(module), function)
+
+    def host_backend(self, *, deferred: bool = False) -> str:
+        """The backend that loads what the builder writes on this machine."""
+        return self.deferred_backend if deferred and self.deferred_backend else self.backend
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,9 @@ FORMATS: dict[str, Format] = {
                precision_packages={"int8": ("nncf",), "auto": ("nncf",)}),
         Format("tensorrt", "tensorrt", ".engine", ("fp32", "fp16", "int8"), "NVIDIA GPU",
                "edge_cls.export.tensorrt_export:build", ("onnx", "onnxruntime", "tensorrt"),
-               "pip install 'edge-cls[tensorrt]' on a machine with an NVIDIA GPU"),
+               "pip install 'edge-cls[tensorrt]' on a machine with an NVIDIA GPU",
+               deferred_builder="edge_cls.export.tensorrt_export:build_deferred", deferred_backend="onnxruntime",
+               deferred_packages=("onnx", "onnxruntime")),
     )
 }
 
@@ -103,8 +115,9 @@ class ExportTarget:
         return self.precision in ("int8", AUTO)
 
 
-def resolve_targets(formats: Iterable[str], precisions: Iterable[str]) -> list[ExportTarget]:
-    """Every (format, precision) pair asked for, validated against :data:`FORMATS`."""
+def resolve_targets(formats: Iterable[str], precisions: Iterable[str], *, deferred: bool = False) -> list[ExportTarget]:
+    """Every (format, precision) pair asked for, validated against :data:`FORMATS`; ``deferred``: for a
+    candidate bundle (a format built on the device needs only what writes its sources here)."""
     formats, precisions = list(formats), list(precisions)
     if not formats or not precisions:
         raise ConfigError("give at least one format and one precision")
@@ -118,7 +131,7 @@ def resolve_targets(formats: Iterable[str], precisions: Iterable[str]) -> list[E
                 raise ConfigError(
                     f"{name} cannot export {precision!r}; it supports {', '.join(fmt.precisions)} or {AUTO}"
                 )
-            missing = fmt.missing_packages(precision)
+            missing = fmt.missing_packages(precision, deferred=deferred)
             if missing:
                 raise BackendUnavailableError(f"{name} {precision} export needs {', '.join(missing)}: {fmt.install}")
             targets.append(ExportTarget(fmt, precision))

@@ -1,80 +1,69 @@
-"""TensorRT engines from an FP32 ONNX file (NVIDIA GPUs only; ``pip install 'edge-cls[tensorrt]'``).
+"""TensorRT engines (NVIDIA GPUs only; ``pip install 'edge-cls[tensorrt]'``), built from ONNX.
 
-INT8 uses explicit quantization, TensorRT's recommended path since its implicit calibrators were
-deprecated in TensorRT 10: the ONNX model is quantized to QDQ with symmetric scales by ONNX
-Runtime on the calibration set, and TensorRT builds INT8 kernels from those Q/DQ nodes.
-An FP32 engine is built with TF32 disabled, so it computes in real FP32.
-An engine is specific to the GPU and TensorRT version that built it.
+Every engine is built from an ONNX graph that already carries its precision, as a strongly typed
+network: TensorRT 11 removed the weak-typing flags (``BuilderFlag.FP16``/``INT8``) and 10.12
+deprecated them, so precision lives in the graph on both: FP32 from the exported graph (TF32 off
+where the flag exists), FP16 from the graph converted to FP16 (``onnxruntime.transformers.float16``),
+INT8 from a Q/DQ graph with symmetric int8 activations quantized by ONNX Runtime (explicit
+quantization; the implicit calibrators are gone in 11). An engine is specific to the GPU and
+TensorRT version that built it, so on an edge board it is built there: :func:`write_source` writes
+the ONNX graph a candidate bundle carries for ``edge-cls choose`` to build on the device, and
+:func:`build_engine` needs neither torch nor the training stack.
 """
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from edge_cls.calibration_data import CalibrationSet
-from edge_cls.errors import BackendUnavailableError, ExportError
+from edge_cls.errors import ExportError
 from edge_cls.preprocess import PreprocessSpec
 
 from .formats import BuildJob
 from .recipes import OrtQuantization
 
-WORKSPACE_BYTES = 1 << 30
-MAX_BATCH = 32
+SYMMETRIC_INT8 = OrtQuantization(activations="int8", symmetric_activations=True)
 
 
 def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
-    """The ``tensorrt`` format: a serialized engine for this GPU."""
-    build_engine(job.source, job.staging / "model.engine", job.precision, job.spec, calibration=job.calibration,
-                 settings=job.recipe.ort if job.recipe is not None else None)
+    """The ``tensorrt`` format: a serialized engine for this GPU, from the recipe's ONNX graph."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = write_source(job, Path(tmp) / "model.onnx")
+        build_engine(source, job.staging / "model.engine", job.spec)
     return ["model.engine"], {}
 
 
-def build_engine(
-    onnx_path: Path, engine_path: Path, precision: str, spec: PreprocessSpec, *,
-    calibration: CalibrationSet | None = None, input_name: str = "input", max_batch: int = MAX_BATCH,
-    settings: OrtQuantization | None = None,
-) -> Path:
-    """Build a serialized engine; INT8 from a Q/DQ graph quantized by ONNX Runtime with ``settings``
-    (default: the ``trt-int8`` recipe's symmetric int8 activations, which explicit quantization needs)."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise BackendUnavailableError("TensorRT export needs an NVIDIA GPU and pip install 'edge-cls[tensorrt]'") from e
+def write_source(job: BuildJob, out: Path) -> Path:
+    """The ONNX graph at the recipe's precision that an engine is built from (on this machine, or on
+    the device from a candidate bundle)."""
+    from .onnx_export import copy_metadata
+    from .onnxruntime_export import convert_onnx_fp16, quantize_onnx_int8
 
-    with tempfile.TemporaryDirectory() as tmp:
-        source = onnx_path
-        if precision == "int8":
-            if calibration is None:
-                raise ExportError("TensorRT INT8 needs a calibration set")
-            from .onnxruntime_export import quantize_onnx_int8
+    if job.precision == "fp32":
+        shutil.copyfile(job.source, out)
+    elif job.precision == "fp16":
+        convert_onnx_fp16(job.source, out)
+        copy_metadata(job.source, out)
+    else:
+        if job.calibration is None:
+            raise ExportError("TensorRT INT8 needs a calibration set")
+        settings = job.recipe.ort if job.recipe is not None and job.recipe.ort is not None else SYMMETRIC_INT8
+        quantize_onnx_int8(job.source, out, job.calibration, settings=settings)
+    return out
 
-            source = quantize_onnx_int8(
-                onnx_path, Path(tmp) / "qdq.onnx", calibration, input_name=input_name,
-                settings=settings or OrtQuantization(activations="int8", symmetric_activations=True),
-            )
-        logger = trt.Logger(trt.Logger.WARNING)
-        builder = trt.Builder(logger)
-        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse(Path(source).read_bytes()):
-            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ExportError(f"TensorRT could not parse {source}: {errors}")
-        config = builder.create_builder_config()
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-        if precision == "fp32":
-            config.clear_flag(trt.BuilderFlag.TF32)
-        if precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers fall back to FP16, not FP32
-        if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
-        profile = builder.create_optimization_profile()
-        shape = spec.input_shape
-        profile.set_shape(input_name, (1, *shape), (min(8, max_batch), *shape), (max_batch, *shape))
-        config.add_optimization_profile(profile)
-        serialized = builder.build_serialized_network(network, config)
-        if serialized is None:
-            raise ExportError(f"TensorRT failed to build a {precision} engine from {onnx_path} (see the log above)")
-        engine_path.write_bytes(bytes(serialized))
+
+def build_engine(onnx_path: Path, engine_path: Path, spec: PreprocessSpec) -> Path:
+    """Build a serialized engine from ``onnx_path`` (see :meth:`TensorRTBackend.compile`)."""
+    from edge_cls.runtimes.tensorrt_backend import TensorRTBackend
+
+    engine_path.write_bytes(TensorRTBackend.compile(Path(onnx_path).read_bytes(), spec.input_shape))
     return engine_path
+
+
+def build_deferred(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
+    """For a candidate bundle: the ONNX graph the device builds the engine from. The build host checks
+    its answers with ONNX Runtime (the device checks the engine's again)."""
+    write_source(job, job.staging / "model.onnx")
+    return ["model.onnx"], {"engine_from": "model.onnx"}

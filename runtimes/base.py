@@ -42,6 +42,8 @@ class Backend(ABC):
     #: The options that make this backend serve a stream well (``load(..., throughput=True)``):
     #: several batches in flight while other threads decode images beside it.
     throughput_options: ClassVar[dict[str, Any]] = {}
+    #: Its model file is built on the device from ONNX (see :meth:`compile`), not shipped ready to run.
+    compiles_on_device: ClassVar[bool] = False
     _precision: str = "f32"
     _device: str = "CPU"
 
@@ -70,6 +72,12 @@ class Backend(ABC):
         """The precisions this backend computes natively on ``device`` of this machine (e.g. ``bf16``
         only on CPUs that have it): a candidate in another precision would only repeat FP32."""
         return frozenset({"fp32", "fp16", "int8"})
+
+    @classmethod
+    def compile(cls, onnx: bytes, input_shape: tuple[int, ...]) -> bytes:
+        """For a backend whose model file is built on the device from an ONNX graph (a TensorRT engine):
+        that file's bytes. Others run their files as they are."""
+        raise ConfigError(f"the {cls.name} backend runs its model files as they are: there is nothing to build")
 
     def vendor_benchmark(self, model_path: Path, manifest: Manifest, *, iterations: int) -> dict[str, Any] | None:
         """The backend vendor's own latency tool on the same model file, batch 1, for a side by side

@@ -23,7 +23,9 @@ from edge_cls.errors import ArtifactError, BackendUnavailableError, ConfigError,
 from .base import Backend
 from .pool import ResourcePool
 
-_PRECISION_NAMES = {"fp32": "f32", "fp16": "f16", "int8": "i8+f16"}
+_PRECISION_NAMES = {"fp32": "f32", "fp16": "f16", "int8": "i8+f32"}
+WORKSPACE_BYTES = 1 << 30
+MAX_BATCH = 32
 
 
 def _cudart() -> Any:
@@ -56,6 +58,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     suffixes = (".engine", ".plan")
+    compiles_on_device = True
 
     def __init__(self, engine: Any, input_name: str, output_name: str, precision: str, device: int = 0) -> None:
         self._cudart = _cudart()
@@ -91,6 +94,35 @@ class TensorRTBackend(Backend):
         precision = _PRECISION_NAMES.get(manifest.precision, manifest.precision)
         return cls(engine, manifest.input_name, manifest.output_name, precision, device=device)
 
+
+    @classmethod
+    def compile(cls, onnx: bytes, input_shape: tuple[int, ...], *, input_name: str = "input",
+                max_batch: int = MAX_BATCH) -> bytes:
+        """A serialized engine for this GPU from an ONNX graph that carries its precision (FP32, FP16, or
+        Q/DQ INT8 with symmetric activations), built as a strongly typed network: TensorRT 11 removed the
+        weak-typing flags (``BuilderFlag.FP16``/``INT8``) and 10.12 deprecated them. Engines only run on
+        the GPU and TensorRT version that built them, so a device builds its own (``edge-cls choose``)."""
+        import tensorrt as trt  # lazy: only apps that use this backend pay for it
+
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        strong = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)  # ignored (always on) in 11
+        network = builder.create_network(0 if strong is None else 1 << int(strong))
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(onnx):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise ArtifactError(f"TensorRT could not parse the ONNX graph: {errors}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+        if hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)  # an FP32 graph computes in real FP32
+        profile = builder.create_optimization_profile()
+        profile.set_shape(input_name, (1, *input_shape), (min(8, max_batch), *input_shape), (max_batch, *input_shape))
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise ArtifactError("TensorRT failed to build an engine (see its log above)")
+        return bytes(serialized)
 
     def _new_slot(self) -> _Slot:
         context = self._engine.create_execution_context()

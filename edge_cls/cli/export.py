@@ -86,7 +86,7 @@ def run_zero_shot(args: argparse.Namespace) -> int:
 def _check_export_args(args: argparse.Namespace, resolve_targets: Any) -> list:
     if args.output is None:
         raise ConfigError("give --output DIR: the artifacts go into one sub-directory each")
-    targets = resolve_targets(args.formats, args.precisions)  # fail before loading anything
+    targets = resolve_targets(args.formats, args.precisions, deferred=bool(getattr(args, "defer_choice", False)))
     if any(t.precision == "int8" for t in targets) and args.calib_data is None:
         raise ConfigError("INT8 needs --calib-data, a folder of representative images (a few hundred is plenty)")
     if args.calib_data is None and args.check_data is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,33 +76,53 @@ def choose(directory: str | Path, output: str | Path, *, fmt: str | None = None,
     check = read_check_set(directory, bundle)
     candidates = [c for c in bundle.candidates if c.format == fmt]
     classifiers: dict[str, Any] = {}
-    try:
-        rows = [_recheck(directory, c, check, rule, classifiers) for c in candidates]
-        _time(rows, classifiers, check, rounds, block, max_timing_seconds)
-        selection = select(rows, requested=bundle.requested.get(fmt, "auto"), rule=rule)
-    finally:
-        for clf in classifiers.values():
-            clf.close()
-    chosen = next(c for c in candidates if c.recipe == selection.chosen.recipe)
-    _write(directory / chosen.directory, output, bundle, selection, rule, check)
+    with tempfile.TemporaryDirectory(prefix="edge-cls-choose-") as work:
+        try:
+            rows = [_recheck(directory, c, check, rule, classifiers, Path(work)) for c in candidates]
+            _time(rows, classifiers, check, rounds, block, max_timing_seconds)
+            selection = select(rows, requested=bundle.requested.get(fmt, "auto"), rule=rule)
+        finally:
+            for clf in classifiers.values():
+                clf.close()
+        chosen = next(c for c in candidates if c.recipe == selection.chosen.recipe)
+        _write(classifiers[chosen.recipe].path, output, bundle, selection, rule, check)
     return Choice(output, selection, fmt, time.perf_counter() - started)
 
 
-def _recheck(directory: Path, candidate: BundleCandidate, check: CheckSet, rule: AcceptanceRule,
-             classifiers: dict[str, Any]) -> Measured:
-    """Load the candidate (its files checked against its manifest) and judge it on the stored check set."""
-    from edge_cls.runtimes import load
+def _open(source: Path, backend: str, work: Path) -> Any:
+    """The candidate as a classifier; a backend that builds its model file on the device (TensorRT) builds
+    it here first, from the candidate's checked ONNX graph."""
+    from dataclasses import replace
 
+    from edge_cls.artifact.manifest import describe_files, read_artifact
+    from edge_cls.runtimes import backend_class, load
+
+    cls = backend_class(backend)
+    if not cls.compiles_on_device:
+        return load(source)
+    manifest, files = read_artifact(source)
+    target = work / source.name
+    target.mkdir()
+    name = "model" + cls.suffixes[0]
+    (target / name).write_bytes(cls.compile(files.model, manifest.spec.input_shape))
+    replace(manifest, backend=cls.name, model_file=name, files=describe_files(target, [name]),
+            runtime_options={}).save(target)
+    return load(target)
+
+
+def _recheck(directory: Path, candidate: BundleCandidate, check: CheckSet, rule: AcceptanceRule,
+             classifiers: dict[str, Any], work: Path) -> Measured:
+    """Load the candidate (its files checked against its manifest) and judge it on the stored check set."""
     m = Measured(name=f"{candidate.format}-{candidate.precision}", recipe=candidate.recipe,
                  precision=candidate.precision)
-    clf = classifiers[candidate.recipe] = load(directory / candidate.directory)
+    clf = classifiers[candidate.recipe] = _open(directory / candidate.directory, candidate.backend, work)
     m.runtime_precision = clf.precision
     logits = np.empty_like(check.reference_logits)
     first = check.fold == 0
     logits[first] = clf.logits(check.batch[first])
     if (~first).any():
         if candidate.second_fold:
-            with load(directory / candidate.second_fold) as twin:
+            with _open(directory / candidate.second_fold, candidate.backend, work) as twin:
                 logits[~first] = twin.logits(check.batch[~first])
         else:
             logits[~first] = clf.logits(check.batch[~first])

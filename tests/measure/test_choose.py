@@ -119,3 +119,31 @@ def test_a_tampered_bundle_is_refused_in_one_line(exported, tmp_path, tamper):
         return
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tensorrt_bundle_carries_onnx_sources_for_the_device_to_build(tiny_checkpoint, digits_root, tmp_path):
+    """Built where TensorRT cannot run: the bundle holds the FP32, FP16 and symmetric Q/DQ INT8 graphs,
+    checked here with ONNX Runtime; choosing needs the device's TensorRT, and says so in one line."""
+    from edge_cls.calibration_data import CalibrationSet
+    from edge_cls.data import load_splits, preprocess_split
+    from edge_cls.export import ReferenceSet, SearchSettings, resolve_targets
+    from edge_cls.export.bundle_writer import export_bundle
+    from edge_cls.runtimes import available_backends
+    from edge_cls.training.checkpoints import Checkpoint
+
+    checkpoint = Checkpoint.load(tiny_checkpoint)
+    model = checkpoint.build()
+    splits = load_splits(digits_root)
+    batch, targets = preprocess_split(splits["val"], checkpoint.spec)
+    bundle = export_bundle(
+        model, checkpoint.spec, checkpoint.labels, tmp_path / "bundle",
+        resolve_targets(["tensorrt"], ["auto"], deferred=True), reference=ReferenceSet.from_model(model, batch, targets),
+        calibration=CalibrationSet.from_split(splits["train"], checkpoint.spec, size=32),
+        search=SearchSettings(accept_drop=True, restore="never", distill="never"))
+    entries = {c.recipe: c for c in read_bundle(bundle).candidates}
+    assert "trt-fp32" in entries and all(c.backend == "tensorrt" for c in entries.values())
+    manifest = json.loads((bundle / entries["trt-fp32"].directory / "manifest.json").read_text())
+    assert manifest["backend"] == "onnxruntime" and manifest["model_file"] == "model.onnx"
+    if "tensorrt" not in available_backends():
+        result = choose_without_torch(bundle, tmp_path / "out")
+        assert result.returncode == 1 and "runnable here: none" in result.stderr and "Traceback" not in result.stderr
