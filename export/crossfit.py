@@ -36,7 +36,7 @@ def cross_fit(ctx: ExportContext, built: list[Candidate], requested: list[str], 
     fp32.second_logits = fp32.classifier.logits(fold.reference.batch)
     fp32.measured.evidence = both.evidence(np.concatenate([fp32.logits, fp32.second_logits]), ctx.search.rule)
     open_precisions = set(requested)
-    finalists = _finalists(built, fp32, timed)
+    finalists = _finalists(ctx, built, fp32, timed)
     for candidate in sorted(finalists, key=lambda c: c.measured.p50_ms) if timed else finalists:  # type: ignore
         m = candidate.measured
         if timed and not (open_precisions & {AUTO, candidate.recipe.precision}):
@@ -53,11 +53,12 @@ def cross_fit(ctx: ExportContext, built: list[Candidate], requested: list[str], 
             open_precisions -= {AUTO, candidate.recipe.precision}
 
 
-def _finalists(built: list[Candidate], fp32: Candidate, timed: bool) -> list[Candidate]:
-    """Candidates that could ship: meeting the rule on one fold or short of evidence there, and (when
-    timed) faster than FP32."""
-    return [c for c in built if c is not fp32 and c.measured is not None and c.measured.judgement is not None
-            and not c.measured.error and (c.measured.judgement.meets or c.measured.judgement.thin)
+def _finalists(ctx: ExportContext, built: list[Candidate], fp32: Candidate, timed: bool) -> list[Candidate]:
+    """Candidates that could ship with both folds' evidence: the low end of their interval on one fold
+    within the bar (one fold is half the pictures: never refuse on half the evidence), and (when timed)
+    faster than FP32."""
+    return [c for c in built if c is not fp32 and c.measured is not None and c.measured.evidence is not None
+            and not c.measured.error and c.measured.evidence.drop_low <= ctx.search.rule.max_drop
             and (not timed or faster_than(c.measured, fp32.measured))]  # type: ignore[arg-type]
 
 

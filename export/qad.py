@@ -5,14 +5,16 @@ fake-quantized model against the float model's answers.
    frozen by construction, and the exported graph has no BatchNorm between a weight's Q/DQ and its
    convolution); the fold is checked numerically.
 2. ``nncf.quantize`` inserts fake quantizers into the PyTorch model and calibrates them (MIXED
-   preset: asymmetric activations).
+   preset: asymmetric activations), and ``nncf.strip`` turns them into PyTorch's own FakeQuantize
+   modules (their observers off: the ranges stay NNCF's). PyTorch's native fake-quantization kernels
+   fine-tune about twice as fast as NNCF's on a CPU (EfficientNet-Lite1, measured here).
 3. The fake-quantized model is fine-tuned in eval mode (dropout off) against the float model's soft
    targets (KL at a temperature; where the build has a teacher, its soft targets are averaged in),
    on the training images in ``build`` or the unlabelled calibration images in ``export``: the float
    model is its own teacher. The wall time and the number of steps are capped.
-4. ``nncf.strip`` turns NNCF's quantizers into PyTorch FakeQuantize modules, which the TorchScript
-   ONNX exporter writes as QuantizeLinear/DequantizeLinear pairs: a QDQ graph ONNX Runtime and
-   OpenVINO both run as INT8. The exported graph is checked against the fake-quantized model.
+4. The TorchScript ONNX exporter writes the FakeQuantize modules as QuantizeLinear/DequantizeLinear
+   pairs: a QDQ graph ONNX Runtime and OpenVINO both run as INT8. The exported graph is checked
+   against the fake-quantized model.
 
 NNCF runs the fine-tuning loop if we write it (its own training samples do); this module is that
 loop, bounded, so users get it without writing one.
@@ -67,8 +69,8 @@ class DistillationRun:
 
     steps: int = 0
     seconds: float = 0.0
-    loss_first: float = float("nan")
-    loss_last: float = float("nan")
+    loss_first: float = float("nan")  # mean over the first third of the steps
+    loss_last: float = float("nan")  # and over the last third
     folded_batchnorms: int = 0
     export_max_abs_error: float = float("nan")
     data: str = ""
@@ -128,10 +130,12 @@ def distill_quantized(model: torch.nn.Module, calibration: CalibrationSet, tunin
         with library_output():
             quantized = nncf.quantize(student, nncf.Dataset([torch.from_numpy(b) for b in calibration.batches(8)]),
                                       subset_size=len(calibration), preset=nncf.QuantizationPreset.MIXED)
+            native = nncf.strip(quantized, do_copy=False, example_input=example[:1])
     except Exception as e:  # NNCF raises many types
         raise ExportError(f"NNCF could not fake-quantize the model ({type(e).__name__}: {e})") from e
-    _fine_tune(quantized, reference, tuning, settings, run, seed)
-    _export_qdq(quantized, example, out, run)
+    native.apply(torch.ao.quantization.disable_observer)  # the ranges stay the calibrated ones
+    _fine_tune(native, reference, tuning, settings, run, seed)
+    _export_qdq(native, example, out, run)
     return run
 
 
@@ -142,7 +146,7 @@ def _fine_tune(quantized: torch.nn.Module, reference: torch.nn.Module, tuning: T
     quantized.eval()  # dropout off, no statistics to update: BatchNorm is folded
     optimizer = torch.optim.AdamW([p for p in quantized.parameters() if p.requires_grad], lr=settings.lr,
                                   weight_decay=0.0)
-    started, t = time.perf_counter(), settings.temperature
+    started, t, losses = time.perf_counter(), settings.temperature, []
     while run.steps < settings.max_steps and time.perf_counter() - started < settings.max_seconds:
         images, teacher_logits = tuning.sample(rng, settings.batch_size)
         batch = torch.from_numpy(np.ascontiguousarray(images))
@@ -155,20 +159,19 @@ def _fine_tune(quantized: torch.nn.Module, reference: torch.nn.Module, tuning: T
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        run.loss_first = float(loss) if run.steps == 0 else run.loss_first
-        run.loss_last = float(loss)
+        losses.append(float(loss))
         run.steps += 1
     run.seconds = time.perf_counter() - started
+    third = max(1, len(losses) // 3)  # single batches are noisy: the first and the last third, averaged
+    run.loss_first, run.loss_last = float(np.mean(losses[:third])), float(np.mean(losses[-third:]))
     logger.info("quantization-aware distillation: %d steps in %.0f s, KL %.4g -> %.4g", run.steps, run.seconds,
                 run.loss_first, run.loss_last)
 
 
-def _export_qdq(quantized: torch.nn.Module, example: torch.Tensor, out: Path, run: DistillationRun) -> None:
-    import nncf
+def _export_qdq(stripped: torch.nn.Module, example: torch.Tensor, out: Path, run: DistillationRun) -> None:
     import onnxruntime as ort
 
     try:
-        stripped = nncf.strip(quantized, do_copy=True, example_input=example[:1])
         buffer = io.BytesIO()
         with torch.no_grad(), library_output():
             torch.onnx.export(stripped, (example,), buffer, dynamo=False, input_names=["input"],

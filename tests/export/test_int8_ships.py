@@ -113,13 +113,13 @@ def test_quantization_aware_distillation_is_bounded_and_its_artifact_equals_its_
     from edge_cls.export.recipes import RECIPES
 
     model = rescaled(trained[0])  # something to recover
-    budget = replace(RECIPES["ort-qad"].distill, max_seconds=10.0, max_steps=40)
+    budget = replace(RECIPES["ort-qad"].distill, max_seconds=15.0, max_steps=60, lr=1e-4)
     artifacts = export(model, trained, tmp_path, only=("ort-qad", "ov-qad"), restore="always", accept_drop=True,
                        distill_budget=budget)
     for artifact in artifacts:
         assert artifact.manifest.recipe in ("ort-qad", "ov-qad")
         row = next(r for r in artifact.manifest.search["candidates"] if r["recipe"] == artifact.manifest.recipe)
-        assert 0 < row["qad_steps"] <= 40 and row["qad_seconds"] <= 10.0 + 5
+        assert 0 < row["qad_steps"] <= 60 and row["qad_seconds"] <= 15.0 + 5
         assert row["qad_export_max_abs_error"] < 1e-2  # the QDQ graph computes what the fake-quant model did
-        assert row["qad_loss_last"] <= row["qad_loss_first"]
+        assert row["qad_loss_last"] < row["qad_loss_first"]  # it learned
         assert np.isfinite(row["expected_drop"])
