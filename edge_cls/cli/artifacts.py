@@ -23,7 +23,8 @@ def add_parsers(sub: Any) -> None:
     predict.add_parsers(sub)
 
     bench = sub.add_parser("bench", help="latency, throughput, size (and accuracy) of artifacts")
-    bench.add_argument("artifacts", nargs="+", type=Path, help="artifact directories")
+    bench.add_argument("artifacts", nargs="+", type=Path,
+                       help="artifact directories, or candidate bundles (export --defer-choice): their candidates")
     options.add(bench, "data_dir", note="or one labelled split directory: top-1 is measured on it")
     options.add(bench, "split", default="test", note="default: test")
     options.add(bench, "bench_iterations", default=100, note="default: 100")
@@ -72,7 +73,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     images = _bench_images(args.images)
     rows, app_rows = [], []
-    for artifact in args.artifacts:
+    for artifact in _expand_bundles(args.artifacts):
         backend = {"backend": args.backend} if args.backend else {}
         batches = None
         if args.data_dir:
@@ -100,6 +101,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if app_rows:
             print("\nWhat an app feels (median, min-max over rounds):\n" + app_table(app_rows))
     return 0
+
+
+def _expand_bundles(paths: list[Path]) -> list[Path]:
+    """Artifacts as given; a candidate bundle (``export --defer-choice``) stands for its candidates whose
+    runtime is installed here, verified first."""
+    from edge_cls.artifact.bundle import BUNDLE_NAME, read_bundle
+    from edge_cls.runtimes import available_backends
+
+    out = []
+    for path in paths:
+        if not (path / BUNDLE_NAME).is_file():
+            out.append(path)
+            continue
+        bundle = read_bundle(path)
+        out += [path / c.directory for c in bundle.candidates if c.backend in available_backends()
+                and not _built_on_device(c.backend)]
+    return out
+
+
+def _built_on_device(backend: str) -> bool:
+    from edge_cls.runtimes import backend_class
+
+    return backend_class(backend).compiles_on_device
 
 
 def _bench_images(folder: Path | None) -> list[Path] | None:

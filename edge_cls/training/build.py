@@ -55,7 +55,7 @@ class BuildResult:
 
 def build(config: BuildConfig) -> BuildResult | None:
     """Run the whole pipeline and write the report; returns the benchmark rows (None on ranks > 0)."""
-    targets = resolve_targets(config.formats, config.precisions)  # fail fast on a bad format...
+    targets = resolve_targets(config.formats, config.precisions, deferred=config.defer_choice)  # fail fast...
     search = search_settings(config)  # ...a bad recipe name or bar
     out = Path(config.out_dir)
     outcome = run_distill(config)
@@ -115,13 +115,17 @@ def _export(config: BuildConfig, outcome: DistillOutcome, targets: list,
         splits["train"], spec, size=config.calibration_size, cache_dir=Path(config.out_dir) / "cache",
         augment_to=config.calibration_size if config.calib_augment else 0,
     )
-    return export_artifacts(
-        student.model, spec, outcome.classes, Path(config.out_dir) / "artifacts", targets, reference=check,
-        calibration=calibration, model_name=config.student, onnx_exporter=config.onnx_exporter,
-        task="multi_label" if outcome.multi_label else "single_label", search=search,
-        taxonomy=Taxonomy.from_file(config.taxonomy, outcome.classes) if config.taxonomy else None,
-        tuning=None if outcome.multi_label else _tuning(outcome),
-    )
+    common = dict(reference=check, calibration=calibration, model_name=config.student,
+                  onnx_exporter=config.onnx_exporter, task="multi_label" if outcome.multi_label else "single_label",
+                  search=search, taxonomy=Taxonomy.from_file(config.taxonomy, outcome.classes) if config.taxonomy
+                  else None, tuning=None if outcome.multi_label else _tuning(outcome))
+    if config.defer_choice:  # the device times and chooses: `edge-cls choose <output>/bundle` there
+        from edge_cls.export.bundle_writer import export_bundle
+
+        export_bundle(student.model, spec, outcome.classes, Path(config.out_dir) / "bundle", targets, **common)
+        return []
+    return export_artifacts(student.model, spec, outcome.classes, Path(config.out_dir) / "artifacts", targets,
+                            **common)
 
 
 def _benchmark(config: BuildConfig, outcome: DistillOutcome, exported: list[ExportedArtifact]) -> list[BenchResult]:

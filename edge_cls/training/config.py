@@ -148,6 +148,7 @@ class BuildConfig:
     max_drop: float = 0.3  # points of top-1 accuracy a low-precision artifact may be expected to lose (checked by
     # edge_cls.quality.acceptance.AcceptanceRule, with the recipe names, when a build starts)
     accept_drop: bool = False  # ship an explicitly requested precision that misses max_drop (marked)
+    defer_choice: bool = False  # write a candidate bundle for the device to choose from (edge-cls choose)
     qad_seconds: float = 60.0  # quantization-aware distillation's fine-tuning cap (0: none); a build always runs it
     calibration_size: int = 300
     calib_augment: bool = False  # add flipped/cropped views when the calibration split is small

@@ -137,7 +137,8 @@ def test_a_tensorrt_bundle_carries_onnx_sources_for_the_device_to_build(tiny_che
     batch, targets = preprocess_split(splits["val"], checkpoint.spec)
     bundle = export_bundle(
         model, checkpoint.spec, checkpoint.labels, tmp_path / "bundle",
-        resolve_targets(["tensorrt"], ["auto"], deferred=True), reference=ReferenceSet.from_model(model, batch, targets),
+        resolve_targets(["tensorrt"], ["auto"], deferred=True),
+        reference=ReferenceSet.from_model(model, batch, targets),
         calibration=CalibrationSet.from_split(splits["train"], checkpoint.spec, size=32),
         search=SearchSettings(accept_drop=True, restore="never", distill="never"))
     entries = {c.recipe: c for c in read_bundle(bundle).candidates}
