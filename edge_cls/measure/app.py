@@ -252,7 +252,7 @@ def _vendor_benchmark_row(classifier: Any, path: Path, iterations: int, rounds: 
     from edge_cls.measure.latency import time_calls
 
     manifest = classifier.manifest
-    one = np.random.default_rng(0).standard_normal((1, *manifest.spec.input_shape)).astype(np.float32)
+    one = classifier.sample_input(1)
     ours, theirs, fps = [], [], []
     try:
         for _ in range(rounds):
