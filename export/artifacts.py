@@ -50,14 +50,16 @@ class ReferenceSet:
     logits: np.ndarray
     targets: np.ndarray | None = None
     name: str = "test"
+    images: tuple[Any, ...] | None = None  # the files of ``batch``: where preprocessing runs is chosen on them
 
     @classmethod
     def from_model(
-        cls, model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray | None = None, name: str = "test"
+        cls, model: torch.nn.Module, batch: np.ndarray, targets: np.ndarray | None = None, name: str = "test",
+        images: Any = None,
     ) -> ReferenceSet:
         from edge_cls.training.models import predict_logits
 
-        return cls(batch, predict_logits(model, batch), targets, name)
+        return cls(batch, predict_logits(model, batch), targets, name, tuple(images) if images is not None else None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +73,7 @@ class SearchSettings:
     max_timing_seconds: float = 60.0  # per format; blocks shrink for large models
     only: tuple[str, ...] | None = None  # restrict the low-precision recipes (e.g. tests, benchmarks)
     restore: bool = True  # build accuracy-restoring recipes when no plain INT8 recipe meets the bar
+    placement: Any = None  # edge_cls.export.preprocess_choice.PlacementSettings (None: its defaults)
 
     def __post_init__(self) -> None:
         from .recipes import RECIPES
@@ -377,6 +380,9 @@ def _finalize(ctx: _Context, chosen: _Candidate, target: ExportTarget, selection
     if chosen.logits is not None:
         _calibrate(manifest, chosen.logits, ref)
     manifest.taxonomy = ctx.taxonomy.to_dict() if ctx.taxonomy is not None else None
+    from .preprocess_choice import choose_placement  # where preprocessing runs: host, or in the graph
+
+    choose_placement(staging, manifest, chosen.recipe.format, ref.images, ctx.search.placement)
     manifest.save(staging)
     return staging
 

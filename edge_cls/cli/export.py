@@ -192,7 +192,7 @@ def _calibration_and_check(
         check_files, check_targets = split.check, split.check_targets
         check_name = f"{Path(args.calib_data).name} (held out)"
     batch = np.stack([spec(path) for path in check_files])
-    return calibration, ReferenceSet.from_model(model, batch, check_targets, name=check_name)
+    return calibration, ReferenceSet.from_model(model, batch, check_targets, name=check_name, images=check_files)
 
 
 def _labels_for(args: argparse.Namespace) -> list[str]:
