@@ -57,9 +57,10 @@ def test_file_array_and_bgr_frame_give_the_same_answers(ingraph, test_images, tm
     path = tmp_path / "photo.png"
     Image.fromarray(rgb).save(path)
     with load(ingraph[name, resize_in_graph]) as clf:
-        answers = [clf.predict(image, k=3) for image in (path, rgb, Frame(np.ascontiguousarray(rgb[:, :, ::-1]), "BGR"))]
+        images = [path, rgb, Frame(np.ascontiguousarray(rgb[:, :, ::-1]), "BGR")]
+        answers = [clf.predict(image, k=3) for image in images]
         assert answers[0] == answers[1] == answers[2]
-        batch = clf.predict_batch([path, rgb, Frame(np.ascontiguousarray(rgb[:, :, ::-1]), "BGR")], k=3)
+        batch = clf.predict_batch(images, k=3)
         assert [r.predictions for r in batch] == answers
 
 
