@@ -153,9 +153,11 @@ def crop_pixels(spec: PreprocessSpec, image: ImageInput, *, max_pixels: int | No
         return pixels(spec, image, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
     (x0, y0, x1, y1), (rx, ry) = decoded.content, region_plan.resized
     sx, sy = (x1 - x0) / rx, (y1 - y0) / ry
-    box = (round(x0 + region_plan.x.start * sx), round(y0 + region_plan.y.start * sy),
-           round(x0 + region_plan.x.stop * sx), round(y0 + region_plan.y.stop * sy))
-    region = np.asarray(decoded.image.crop(box))
+    left, top = round(x0 + region_plan.x.start * sx), round(y0 + region_plan.y.start * sy)
+    width = max(1, round((region_plan.x.stop - region_plan.x.start) * sx))  # rounded once: a square stays square
+    height = max(1, round((region_plan.y.stop - region_plan.y.start) * sy))
+    left, top = min(left, decoded.image.size[0] - width), min(top, decoded.image.size[1] - height)
+    region = np.asarray(decoded.image.crop((max(0, left), max(0, top), max(0, left) + width, max(0, top) + height)))
     region = region[:, :, 2::-1] if decoded.bgr else region[:, :, :3]
     return np.ascontiguousarray(region)
 
