@@ -79,10 +79,16 @@ def _prefix_nodes(source: str, target: str, spec: PreprocessSpec,
     current = p + "nchw"
     if placement.resize_in_graph:
         mode, extra = RESIZE_MODES[placement.graph_resize]
-        constants.append(numpy_helper.from_array(np.asarray(spec.input_size, np.int64), p + "size"))
-        nodes.append(helper.make_node("Resize", [current, "", "", p + "size"], [p + "resized"], mode=mode,
-                                      antialias=1, axes=[2, 3], coordinate_transformation_mode="half_pixel",
-                                      name=p + "resize", **extra))
+        # sizes for all four axes, (N, C) from the input: with ``axes=[2, 3]`` and two sizes, ONNX Runtime's
+        # layout optimisation of a QDQ model (ORT_ENABLE_ALL) fails ("Number of elements of input 'sizes' (0)").
+        constants += [numpy_helper.from_array(np.asarray(spec.input_size, np.int64), p + "size"),
+                      numpy_helper.from_array(np.asarray([0], np.int64), p + "zero"),
+                      numpy_helper.from_array(np.asarray([2], np.int64), p + "two")]
+        nodes += [helper.make_node("Shape", [current], [p + "shape"], name=p + "shape"),
+                  helper.make_node("Slice", [p + "shape", p + "zero", p + "two"], [p + "nc"], name=p + "nc"),
+                  helper.make_node("Concat", [p + "nc", p + "size"], [p + "sizes"], axis=0, name=p + "sizes"),
+                  helper.make_node("Resize", [current, "", "", p + "sizes"], [p + "resized"], mode=mode, antialias=1,
+                                   coordinate_transformation_mode="half_pixel", name=p + "resize", **extra)]
         current = p + "resized"
     if spec.channel_order == "BGR":
         constants.append(numpy_helper.from_array(np.asarray([2, 1, 0], np.int64), p + "bgr"))
