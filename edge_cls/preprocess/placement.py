@@ -20,6 +20,7 @@ records the choice in the manifest. Only numpy and pillow: this runs on the devi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -117,6 +118,8 @@ class Placement:
 
 
 HOST_EXACT = Placement()  # what every artifact without a recorded placement does
+#: A graph that resizes gets at most this many times the model's size per side (the fast path's margin).
+GRAPH_INPUT_MARGIN = 4
 
 
 def pixels(spec: PreprocessSpec, image: ImageInput, *, resize: str = "exact", out: np.ndarray | None = None,
@@ -143,11 +146,14 @@ def pixels(spec: PreprocessSpec, image: ImageInput, *, resize: str = "exact", ou
 
 def crop_pixels(spec: PreprocessSpec, image: ImageInput, *, max_pixels: int | None = None,
                 max_aspect_ratio: float | None = None) -> np.ndarray:
-    """The uint8 RGB pixels of ``image`` that timm's resize and centre crop keep, at the source's
-    scale, for a graph that resizes them itself (its resize ignores the aspect ratio). The crop's
-    box is rounded to whole source pixels. Where the spec pads, the host resizes instead and the
-    graph gets the model-size pixels (which its resize leaves as they are)."""
-    decoded = _decode(image, _limits(max_pixels, max_aspect_ratio), draft_for=None)
+    """The uint8 RGB pixels of ``image`` that timm's resize and centre crop keep, for a graph that
+    resizes them itself (its resize ignores the aspect ratio). The crop's box is rounded to whole
+    pixels. A graph resizes in float, so the crop is first reduced on the host, in uint8, to at most
+    :data:`GRAPH_INPUT_MARGIN` times the model's size per side (a 2600-px crop of a 4000x3000 photo
+    would be 81 MB a float copy): a JPEG by a reduced-scale decode, anything else by Pillow's box
+    ``reduce``. Where the spec pads, the host resizes instead and the graph gets the model-size
+    pixels (which its resize leaves as they are)."""
+    decoded = _decode(image, _limits(max_pixels, max_aspect_ratio), draft_for=spec)
     region_plan = _plan_of(decoded, spec)
     if region_plan.fill is not None:
         return pixels(spec, image, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
@@ -157,9 +163,13 @@ def crop_pixels(spec: PreprocessSpec, image: ImageInput, *, max_pixels: int | No
     width = max(1, round((region_plan.x.stop - region_plan.x.start) * sx))  # rounded once: a square stays square
     height = max(1, round((region_plan.y.stop - region_plan.y.start) * sy))
     left, top = min(left, decoded.image.size[0] - width), min(top, decoded.image.size[1] - height)
-    region = np.asarray(decoded.image.crop((max(0, left), max(0, top), max(0, left) + width, max(0, top) + height)))
-    region = region[:, :, 2::-1] if decoded.bgr else region[:, :, :3]
-    return np.ascontiguousarray(region)
+    region = decoded.image.crop((max(0, left), max(0, top), max(0, left) + width, max(0, top) + height))
+    factor = math.ceil(min(width / spec.input_size[1], height / spec.input_size[0]) / GRAPH_INPUT_MARGIN)
+    if factor > 1:
+        region = region.reduce(factor)
+    pixels_of = np.asarray(region)
+    pixels_of = pixels_of[:, :, 2::-1] if decoded.bgr else pixels_of[:, :, :3]
+    return np.ascontiguousarray(pixels_of)
 
 
 def _plan_of(decoded: Any, spec: PreprocessSpec) -> Any:

@@ -53,11 +53,15 @@ def test_crop_pixels_are_the_centre_crop_at_the_sources_scale():
     rgb = photo(640, 480)
     crop = crop_pixels(SPEC, rgb)
     # timm resizes 640x480 to 97x73 (long side truncated) and keeps the centre 64x64: of the source,
-    # 64 * 640 / 97 by 64 * 480 / 73 pixels
+    # 64 * 640 / 97 by 64 * 480 / 73 pixels, from (16, 4) of 97x73
     side, width = round(64 * 480 / 73), round(64 * 640 / 97)
-    assert crop.shape == (side, width, 3)
-    top, left = round(4 * 480 / 73), round(16 * 640 / 97)  # torchvision's crop starts at 4 and 16 of 73x97
-    np.testing.assert_array_equal(crop, rgb[top:top + side, left:left + width])
+    top, left = round(4 * 480 / 73), round(16 * 640 / 97)
+    # over 4x the model's 64 px a side: reduced on the host (2x2 boxes) before a graph resizes it in float
+    assert crop.shape == (-(-side // 2), -(-width // 2), 3)  # Pillow keeps the partial last box
+    expected = Image.fromarray(rgb).crop((left, top, left + width, top + side)).reduce(2)
+    np.testing.assert_array_equal(crop, np.asarray(expected))
+    spec = PreprocessSpec(input_size=(224, 224), crop_pct=0.875)  # 420 px: under 4x 224, kept at full scale
+    assert crop_pixels(spec, rgb).shape[:2] == (round(224 * 480 / 256),) * 2
 
 
 def test_preprocessor_follows_the_placement():
