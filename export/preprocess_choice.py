@@ -181,7 +181,7 @@ def _classifier(staging: Path, manifest: Manifest, fmt: Format, placement: Place
             classifier = load(staging)
         else:
             directory = models.work / _directory(placement)
-            _rebuild(staging, directory, manifest, fmt, placement)
+            rebuild_artifact(staging, directory, manifest, fmt, placement)
             classifier = load(directory)
         models.by_input[key] = classifier
     return models.by_input[key]
@@ -191,7 +191,8 @@ def _directory(placement: Placement) -> str:
     return f"graph-{placement.graph_resize or 'normalise'}"
 
 
-def _rebuild(staging: Path, directory: Path, manifest: Manifest, fmt: Format, placement: Placement) -> None:
+def rebuild_artifact(staging: Path, directory: Path, manifest: Manifest, fmt: Format,
+                     placement: Placement) -> None:
     """A copy of the artifact whose model file takes uint8 pixels, with its own manifest."""
     import importlib
     from dataclasses import replace

@@ -13,7 +13,7 @@ from PIL import Image
 from edge_cls.artifact.manifest import MANIFEST_NAME, load_manifest
 from edge_cls.errors import ArtifactError, ConfigError
 from edge_cls.export.formats import FORMATS
-from edge_cls.export.preprocess_choice import PlacementSettings, _rebuild, candidates, choose_placement
+from edge_cls.export.preprocess_choice import PlacementSettings, candidates, choose_placement, rebuild_artifact
 from edge_cls.preprocess import Frame
 from edge_cls.preprocess.placement import Placement
 from edge_cls.runtimes import load
@@ -35,7 +35,7 @@ def ingraph(artifacts, tmp_path_factory):
         fmt = FORMATS[_format(artifacts[name])]
         for placement in (NORMALISE, Placement(graph_input="uint8", graph_resize=fmt.graph_resize)):
             directory = out / f"{name}-{placement.graph_resize or 'normalise'}"
-            _rebuild(artifacts[name], directory, load_manifest(artifacts[name]), fmt, placement)
+            rebuild_artifact(artifacts[name], directory, load_manifest(artifacts[name]), fmt, placement)
             built[name, placement.resize_in_graph] = directory
     return built
 
