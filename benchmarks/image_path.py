@@ -476,7 +476,7 @@ def write_report(args: argparse.Namespace, results: dict[str, Any]) -> str:
              f"Machine: {machine_description()}; Pillow {PIL.__version__}, numpy {np.__version__}, "
              f"{', '.join(f'{k} {v}' for k, v in tool_versions().items())}, simplejpeg and OpenCV "
              f"{_versions()}. The machine is shared: compare within a table (one run, interleaved), not across runs.",
-             "", f"Command: `python benchmarks/image_path.py {' '.join(args.argv)}`", ""]
+             "", "Commands: " + "; ".join(f"`python benchmarks/image_path.py {c}`" for c in results["commands"]), ""]
     if "fidelity" in results:
         lines += ["## Which paths keep the answers", "", FIDELITY_TEXT.format(**results["fidelity_info"]), "",
                   *fidelity_table(results["fidelity"]), ""]
@@ -526,6 +526,21 @@ E2E_TEXT = (
 # --- main --------------------------------------------------------------------------------------
 
 
+def previous_results(args: argparse.Namespace) -> dict[str, Any]:
+    """With ``--keep``, the sections of the last run that this run does not measure (fidelity needs no
+    quiet machine, timing does: they may run apart); the report lists every command."""
+    results = {}
+    if args.keep and (RESULTS / "image_path.json").is_file():
+        results = json.loads((RESULTS / "image_path.json").read_text())
+    if "commands" in results:  # written by this version of the script
+        for section in args.sections:
+            results.pop(section.replace("-", "_"), None)
+    else:
+        results = {"commands": []}
+    results.setdefault("commands", []).append(" ".join(args.argv))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--crops", type=int, default=48, help="random crops per photo (fidelity)")
@@ -533,6 +548,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the random crops")
     parser.add_argument("--sections", nargs="+", default=["fidelity", "stages", "end-to-end"])
     parser.add_argument("--graph-images", type=int, default=200, help="images for the paths that resize in the graph")
+    parser.add_argument("--keep", action="store_true", help="keep the last run's other sections in the report")
     args = parser.parse_args()
     import sys
 
@@ -556,9 +572,10 @@ def main() -> None:
                                                    f"({jpegs[size].stat().st_size // 1024} KB)")]
         if "end-to-end" in args.sections:
             results["end_to_end"] = end_to_end(int8, check, jpegs[640, 480], args.rounds, WORK)
-        if "stages" in results and "fidelity" in results:
-            small = [r for r in results["stages"] if r["image"].startswith("640x480")]
-            results["floors"] = {b: floor(small, results["fidelity"], b) for b in int8}
+    results = {**previous_results(args), **results}  # read now: a run of other sections may have ended meanwhile
+    if "stages" in results and "fidelity" in results:  # the floor needs both (they may come from two runs)
+        small = [r for r in results["stages"] if r["image"].startswith("640x480")]
+        results["floors"] = {b: floor(small, results["fidelity"], b) for b in ("OpenVINO INT8", "ONNX Runtime INT8")}
     RESULTS.mkdir(exist_ok=True)
     report = write_report(args, results)
     (RESULTS / "image_path.md").write_text(report + "\n")
