@@ -31,10 +31,16 @@ Any failure on one image raises :class:`InvalidImageError` naming it. Pillow's g
 left alone: its decompression-bomb check (``Image.MAX_IMAGE_PIXELS``, 89 MP) still prints its
 warning for a file that large, and the header check here then refuses it.
 
-Only numpy and pillow are imported: this module runs on the device. The functions keep no state
+A third resize, ``resize="box"``, is the fast path's one-call resize without its reduced decode
+and reducing gap. Where an artifact runs these steps (on the host in float32, or in the model graph
+on uint8 pixels) is its :class:`~edge_cls.preprocess.placement.Placement`, which also makes the
+host's uint8 pixels.
+
+Only numpy and pillow are imported (and simplejpeg, when installed, for JPEGs: the same pixels,
+:mod:`edge_cls.preprocess._jpeg`): this module runs on the device. The functions keep no state
 between calls and are safe to call from several threads at once (a PIL image that is not yet
 loaded should not be shared between threads: Pillow loads it lazily). Decoding lives in
-``_image_decode``, geometry and resampling in ``_image_resize``.
+``_decode``, geometry and resampling in ``_resize``.
 """
 
 from __future__ import annotations
