@@ -12,7 +12,10 @@ give the median and the min-max over rounds.
 
 ``--preprocess fast`` measures edge-cls's fast image path (``spec(image, fast=True)``),
 ``--preprocess module:factory`` any other image -> tensor path (``factory(spec)`` returns the
-callable); compute-only figures are unchanged.
+callable); compute-only figures are unchanged. ``--placements`` adds, per artifact, copies whose
+model file takes uint8 pixels (edge_cls.preprocess.placement, built by the export's own in-graph
+builders): ``graph-exact`` / ``graph-box`` / ``graph-fast`` (the graph normalises; the host resizes
+exactly, by one box call, or after a reduced decode) and ``graph-resize`` (the graph resizes too).
 Writes benchmarks/results/runtime.{md,json}; artifacts and images are kept in build/runtime_bench.
 """
 
@@ -40,6 +43,18 @@ RESULTS = Path(__file__).parent / "results"
 WORK = Path("build/runtime_bench")
 DEFAULT_MODELS = ["mobilenetv3_small_100:64", "mobilenetv3_large_100:224"]
 ARTIFACTS = ["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
+
+
+def _placements() -> dict:
+    from edge_cls.preprocess.placement import Placement
+
+    found = {f"graph-{resize}": (lambda fmt, resize=resize: Placement(graph_input="uint8", host_resize=resize))
+             for resize in ("exact", "box", "fast")}
+    found["graph-resize"] = lambda fmt: Placement(graph_input="uint8", graph_resize=fmt.graph_resize)
+    return found
+
+
+PLACEMENTS = _placements()
 
 
 def photo_like(rng: np.random.Generator, width: int = 640, height: int = 480) -> np.ndarray:
@@ -86,6 +101,20 @@ def build_artifacts(name: str, size: int, images: list[Path]) -> dict[str, Path]
     return {a.target.name: a.path for a in exported}
 
 
+def with_placement(artifact: Path, name: str) -> Path:
+    """A copy of ``artifact`` whose model file takes uint8 pixels, made once (build/runtime_bench)."""
+    from edge_cls.artifact.manifest import load_manifest
+    from edge_cls.export.formats import FORMATS
+    from edge_cls.export.preprocess_choice import rebuild_artifact
+
+    out = artifact.parent / f"{artifact.name}-{name}"
+    if not (out / "manifest.json").is_file():
+        manifest = load_manifest(artifact)
+        fmt = next(entry for entry in FORMATS.values() if entry.backend == manifest.backend)
+        rebuild_artifact(artifact, out, manifest, fmt, PLACEMENTS[name](fmt))
+    return out
+
+
 def preprocess_factory(text: str | None):
     if not text:
         return None
@@ -103,6 +132,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--preprocess", help="module:factory, factory(spec) -> image -> tensor")
     parser.add_argument("--name", default="runtime", help="results file name (benchmarks/results/NAME.md/.json)")
+    parser.add_argument("--placements", nargs="*", default=[], choices=sorted(PLACEMENTS),
+                        help="also measure each artifact with preprocessing in the graph")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     images = write_images(WORK / "images", args.images)
@@ -123,6 +154,11 @@ def main() -> None:
                 app_rows.append(bench_app(paths[artifact], images=images, rounds=args.rounds, cold=False, tool=False,
                                           iterations=args.iterations, preprocess=preprocess,
                                           name=f"{label} spin=False", spin=False))
+            for placement in args.placements:
+                moved = with_placement(paths[artifact], placement)
+                compute_rows.append(bench_artifact(moved, iterations=args.iterations, name=f"{label} {placement}"))
+                app_rows.append(bench_app(moved, images=images, rounds=args.rounds, iterations=args.iterations,
+                                          name=f"{label} {placement}"))
             loads.append(os.getloadavg()[0])
     write_results(args, compute_rows, app_rows, time.time() - started, loads)
 

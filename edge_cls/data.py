@@ -21,12 +21,13 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from edge_cls._fileio import NotOursError, atomic_directory, atomic_path, check_replaceable, read_user_text
-from edge_cls.errors import DataError
+from edge_cls.errors import ConfigError, DataError
 from edge_cls.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
@@ -305,16 +306,24 @@ def preprocess_split(split: Split, spec: PreprocessSpec) -> tuple[np.ndarray, np
 
 
 def iter_split_batches(
-    split: Split, spec: PreprocessSpec, batch_size: int = 64
+    split: Split, spec: PreprocessSpec, batch_size: int = 64, *, placement: Any = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """A split through the artifact preprocessing, ``batch_size`` images at a time: memory stays
-    at one batch whatever the split's size."""
+    at one batch whatever the split's size. ``placement``: the artifact's
+    (:class:`~edge_cls.preprocess.placement.Placement`; uint8 pixels for an in-graph artifact)."""
+    from edge_cls.preprocess.placement import HOST_EXACT, preprocessor
+
+    placement = placement or HOST_EXACT
+    if placement.resize_in_graph:
+        raise ConfigError("a graph that resizes takes images of any size: classify them with Classifier.predict")
+    preprocess = preprocessor(spec, placement)
+    shape = placement.input_shape(spec.input_shape, spec.input_size)[1:]
     targets = split.target_array()
     for start in range(0, len(split), batch_size):
         paths = split.paths[start:start + batch_size]
-        batch = np.empty((len(paths), *spec.input_shape), dtype=np.float32)
+        batch = np.empty((len(paths), *shape), dtype=placement.input_dtype)
         for row, path in enumerate(paths):  # filled in place: np.stack would hold the batch twice
-            batch[row] = spec(path)
+            batch[row] = preprocess(path)
         yield batch, targets[start:start + len(paths)]
 
 

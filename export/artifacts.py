@@ -209,6 +209,9 @@ def _finalize(ctx: ExportContext, chosen: Candidate, target: ExportTarget, selec
     if chosen.logits is not None:
         _calibrate(manifest, chosen.logits, ref)
     manifest.taxonomy = ctx.taxonomy.to_dict() if ctx.taxonomy is not None else None
+    from .preprocess_choice import choose_placement  # where preprocessing runs: host, or in the graph
+
+    choose_placement(staging, manifest, chosen.recipe.format, ref.images, ctx.search.placement)
     manifest.save(staging)
     return staging
 

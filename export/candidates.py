@@ -45,6 +45,7 @@ class SearchSettings:
     restore: str = "when-needed"  # build the restoring recipes when no plain INT8 one meets the rule; always; never
     distill: str = "when-needed"  # the same for quantization-aware distillation (the costliest recovery)
     distill_budget: Distillation | None = None  # replaces the recipes' quantization-aware distillation settings
+    placement: Any = None  # edge_cls.export.preprocess_choice.PlacementSettings (None: its defaults)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "only", check_names(self.only))

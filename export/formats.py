@@ -34,6 +34,10 @@ class Format:
     deferred_builder: str | None = None  # for a candidate bundle: writes what the device builds the format from
     deferred_backend: str | None = None  # the backend that checks that on the build host
     deferred_packages: tuple[str, ...] = ()
+    # Preprocessing in the graph: "module:function(model, out, spec, placement)" that rebuilds a model file
+    # to take uint8 pixels, and the graph resize to measure there ("" where the format has neither).
+    ingraph: str = ""
+    graph_resize: str = ""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -78,10 +82,12 @@ FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
         Format("onnx", "onnxruntime", ".onnx", ("fp32", "fp16", "int8"), "CPU/GPU",
-               "edge_cls.export.onnxruntime_export:build", ("onnx", "onnxruntime"), "pip install 'edge-cls[export]'"),
+               "edge_cls.export.onnxruntime_export:build", ("onnx", "onnxruntime"), "pip install 'edge-cls[export]'",
+               ingraph="edge_cls.export.ingraph_onnx:rebuild", graph_resize="cubic"),
         Format("openvino", "openvino", ".xml", ("fp32", "fp16", "bf16", "int8"), "CPU/GPU/NPU",
                "edge_cls.export.openvino_export:build", ("onnx", "openvino"), "pip install 'edge-cls[export]'",
-               precision_packages={"int8": ("nncf",), "auto": ("nncf",)}),
+               precision_packages={"int8": ("nncf",), "auto": ("nncf",)},
+               ingraph="edge_cls.export.ingraph_openvino:rebuild", graph_resize="bicubic-pillow"),
         Format("tensorrt", "tensorrt", ".engine", ("fp32", "fp16", "int8"), "NVIDIA GPU",
                "edge_cls.export.tensorrt_export:build", ("onnx", "onnxruntime", "tensorrt"),
                "pip install 'edge-cls[tensorrt]' on a machine with an NVIDIA GPU",

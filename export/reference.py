@@ -34,10 +34,11 @@ class ReferenceSet:
     name: str = "test"
     groups: np.ndarray | None = None  # source picture of each image; None: each image is its own
     temperature: float = 1.0  # the reference's fitted temperature (labelled check sets), else 1
+    images: tuple[Any, ...] | None = None  # the files of ``batch``: where preprocessing runs is chosen on them
 
     @classmethod
     def from_model(cls, model: Any, batch: np.ndarray, targets: np.ndarray | None = None, name: str = "test",
-                   groups: np.ndarray | None = None) -> ReferenceSet:
+                   groups: np.ndarray | None = None, images: Any = None) -> ReferenceSet:
         """The PyTorch model's logits on ``batch``; with single-label targets, its temperature fitted there."""
         from edge_cls.quality.confidence import fit_temperature
         from edge_cls.training.models import predict_logits
@@ -45,7 +46,8 @@ class ReferenceSet:
         logits = predict_logits(model, batch)
         labelled = targets is not None and np.asarray(targets).ndim == 1
         temperature = fit_temperature(logits, targets) if labelled else 1.0
-        return cls(batch, logits, targets, name, groups, float(temperature))
+        return cls(batch, logits, targets, name, groups, float(temperature),
+                   tuple(images) if images is not None else None)
 
     @property
     def pictures(self) -> int:
@@ -66,8 +68,9 @@ class ReferenceSet:
         targets = None
         if self.targets is not None and other.targets is not None:
             targets = np.concatenate([self.targets, other.targets])
+        images = self.images + other.images if self.images is not None and other.images is not None else None
         return ReferenceSet(np.concatenate([self.batch, other.batch]), np.concatenate([self.logits, other.logits]),
-                            targets, name, np.concatenate([mine, theirs + mine.max() + 1]), self.temperature)
+                            targets, name, np.concatenate([mine, theirs + mine.max() + 1]), self.temperature, images)
 
 
 @dataclass(frozen=True)

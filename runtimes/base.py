@@ -26,8 +26,17 @@ from edge_cls.artifact.manifest import Manifest
 from edge_cls.errors import ConfigError, EdgeClsError
 from edge_cls.predictions import AnswerOptions, Decision, Prediction, decide
 from edge_cls.preprocess import ImageInput, PreprocessSpec
+from edge_cls.preprocess.placement import preprocessor
 
-from .streaming import ImageResult, Pipeline, ResultStream, check_top_k_options, classify_chunk, stream_results
+from .streaming import (
+    ImageResult,
+    Pipeline,
+    ResultStream,
+    check_top_k_options,
+    classify_chunk,
+    stack_inputs,
+    stream_results,
+)
 
 
 class Backend(ABC):
@@ -118,8 +127,9 @@ class Classifier:
     and ``predict_stream`` may run concurrently. ``close()`` waits for calls in flight, is
     idempotent, and any later call raises :class:`ClassifierClosedError`.
 
-    ``preprocess`` (default: the artifact's spec) turns one image into one input tensor; replace
-    it with an equivalent, faster implementation to measure or use one.
+    ``preprocess`` (default: the artifact's spec where its placement runs it: the float32 tensor,
+    or uint8 pixels for a graph that normalises them itself) turns one image into one model input;
+    replace it with an equivalent, faster implementation to measure or use one.
     """
 
     def __init__(self, backend: Backend, manifest: Manifest, path: Path) -> None:
@@ -127,7 +137,7 @@ class Classifier:
         self._backend_name = backend.name
         self.manifest = manifest
         self.path = path
-        self.preprocess: Callable[[ImageInput], np.ndarray] = manifest.spec
+        self.preprocess: Callable[[ImageInput], np.ndarray] = preprocessor(manifest.spec, manifest.placement)
         self.decision = decision_for(manifest)
         self._state = threading.Condition()
         self._in_flight = 0
@@ -156,18 +166,17 @@ class Classifier:
         """The precision that actually runs on this machine, as the backend reports it."""
         return self.backend.precision
 
-    def logits(self, batch: np.ndarray, *, chunk: int = 64) -> np.ndarray:
-        """Run a preprocessed float32 batch (N, *spec.input_shape) and return (N, classes) logits.
+    def logits(self, batch: np.ndarray | list[np.ndarray], *, chunk: int = 64) -> np.ndarray:
+        """Run a preprocessed batch and return (N, classes) logits: float32 (N, *spec.input_shape), or
+        what the artifact's placement says its graph takes (uint8 pixels, NHWC); a list of inputs of
+        different sizes (uint8 crops for a graph that resizes) runs one image at a time.
 
         Batches larger than ``chunk`` run in pieces, so a whole test split can be passed at once.
         """
+        if isinstance(batch, list):
+            return np.concatenate([self.logits(one[None]) for one in batch])
         batch = np.asarray(batch)
-        expected = self.spec.input_shape
-        if batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
-            raise ConfigError(
-                f"expected a float32 batch of shape (N, {', '.join(map(str, expected))}), got "
-                f"{batch.dtype} {tuple(batch.shape)}: preprocess images with the artifact's spec"
-            )
+        self._check_input(batch)
         with self._running() as backend:
             if len(batch) <= chunk:
                 return backend.run(np.ascontiguousarray(batch))
@@ -199,7 +208,7 @@ class Classifier:
             return self.answers(self.logits(self.preprocess(images)[None]), options)[0]
         results: list[list[Prediction]] = []
         for start in range(0, len(images), batch_size):
-            batch = np.stack([self.preprocess(image) for image in images[start : start + batch_size]])
+            batch = stack_inputs([self.preprocess(image) for image in images[start : start + batch_size]])
             results += self.answers(self.logits(batch), options)
         return results
 
@@ -272,6 +281,31 @@ class Classifier:
         """The answers for each row of ``logits`` (see :func:`edge_cls.predictions.decide`)."""
         return decide(logits, self.labels, options.k, decision=options.applied_to(self.decision),
                       min_confidence=options.min_confidence, threshold=options.threshold)
+
+    def sample_input(self, batch: int = 1, *, seed: int = 0) -> np.ndarray:
+        """A random batch the model takes, to time it: the spec's float32 tensors, or uint8 pixels for an
+        in-graph artifact (for a graph that resizes, the centre crop of a 640x480 frame)."""
+        rng = np.random.default_rng(seed)
+        if not self.manifest.placement.in_graph:
+            return rng.standard_normal((batch, *self.spec.input_shape)).astype(np.float32)
+        from edge_cls.preprocess._resize import plan
+
+        shape = self.manifest.input_shape[1:]
+        if -1 in shape:
+            crop = plan((640, 480), self.spec, "a 640x480 frame")
+            scale = 480 / crop.resized[1]
+            shape = [round((crop.y.stop - crop.y.start) * scale), round((crop.x.stop - crop.x.start) * scale), 3]
+        return rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
+
+    def _check_input(self, batch: np.ndarray) -> None:
+        dtype, shape = np.dtype(self.manifest.placement.input_dtype), self.manifest.input_shape[1:]
+        if (batch.dtype != dtype or batch.ndim != len(shape) + 1
+                or any(want not in (-1, got) for want, got in zip(shape, batch.shape[1:]))):
+            size = ", ".join("any" if side == -1 else str(side) for side in shape)
+            raise ConfigError(
+                f"expected a {dtype} batch of shape (N, {size}), got {batch.dtype} {tuple(batch.shape)}: preprocess "
+                "images with the classifier's own preprocess (the artifact's spec, where its placement runs it)"
+            )
 
     @contextmanager
     def _running(self) -> Iterator[Backend]:

@@ -20,6 +20,7 @@ from edge_cls.errors import ArtifactError, ConfigError
 from .base import Backend
 from .pool import ResourcePool
 
+DYNAMIC_SHAPE_CACHE = 16  # compiled input shapes kept for a graph that resizes images of any size
 # Layers whose runtime precision tells what the compute-heavy part of the model runs in.
 _COMPUTE_LAYERS = {"Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Deconvolution"}
 
@@ -72,6 +73,10 @@ class OpenVINOBackend(Backend):
             config["INFERENCE_PRECISION_HINT"] = precision
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if manifest.placement.resize_in_graph and device == "CPU":
+            # Inputs of any size: the CPU plugin keeps compiled kernels per input shape, up to 5000 by
+            # default, so a stream of differently sized images would grow memory without bound.
+            config["CPU_RUNTIME_CACHE_CAPACITY"] = DYNAMIC_SHAPE_CACHE
         core = ov.Core()
         try:
             model = _read_model(ov, core, files)
@@ -112,7 +117,9 @@ class OpenVINOBackend(Backend):
         """OpenVINO's ``benchmark_app -hint latency`` on the same model, device and precision hint."""
         from .openvino_tool import run_benchmark_app
 
-        return run_benchmark_app(model_path, manifest.input_name, manifest.spec.input_shape, device=self._device,
+        if manifest.placement.resize_in_graph:  # any input size: no one shape to give benchmark_app
+            return None
+        return run_benchmark_app(model_path, manifest.input_name, tuple(manifest.input_shape[1:]), device=self._device,
                                  inference_precision=precision_hint(manifest), iterations=iterations)
 
 

@@ -82,7 +82,7 @@ class PreprocessedChunk:
     """A batch of images after preprocessing: the tensors of those that could be read, errors for the rest."""
 
     sources: list[str]
-    tensors: np.ndarray | None  # (len(ok), *input_shape), or None when no image could be read
+    tensors: np.ndarray | list[np.ndarray] | None  # (len(ok), *input_shape) (see stack_inputs), None: none read
     ok: list[int] = field(default_factory=list)  # positions in the chunk of the rows of ``tensors``
     errors: dict[int, EdgeClsError] = field(default_factory=dict)
 
@@ -95,8 +95,17 @@ def preprocess_chunk(preprocess: Callable[[ImageInput], np.ndarray], images: Seq
             ok.append(position)
         except Exception as e:  # one unreadable image must not sink the batch
             errors[position] = image_error(image, e)
-    stacked = np.stack(tensors) if tensors else None
-    return PreprocessedChunk([describe(image) for image in images], stacked, ok, errors)
+    return PreprocessedChunk([describe(image) for image in images], stack_inputs(tensors), ok, errors)
+
+
+def stack_inputs(tensors: list[np.ndarray]) -> np.ndarray | list[np.ndarray] | None:
+    """One batch of per-image inputs; inputs of different sizes (uint8 crops for a graph that
+    resizes them) stay a list, which :meth:`Classifier.logits` runs one image at a time."""
+    if not tensors:
+        return None
+    if all(t.shape == tensors[0].shape for t in tensors):
+        return np.stack(tensors)
+    return tensors
 
 
 def finish_chunk(classifier: Classifier, chunk: PreprocessedChunk, options: AnswerOptions) -> list[ImageResult]:

@@ -38,6 +38,7 @@ from edge_cls.artifact.schema import (
     SCALARS,
     Fields,
     check_range,
+    is_kind,
     kind_of,
     label,
     parse_json,
@@ -49,6 +50,7 @@ from edge_cls.backends import BACKEND_NAMES
 from edge_cls.errors import ArtifactError, ConfigError
 from edge_cls.predictions import TASKS
 from edge_cls.preprocess import PreprocessSpec
+from edge_cls.preprocess.placement import HOST_EXACT, Placement
 
 # The schema's version and its extension rule (tests/artifact/test_manifest.py holds it):
 # - ``schema_version`` (the major) changes only when an older reader would misread a manifest: a
@@ -60,7 +62,7 @@ from edge_cls.preprocess import PreprocessSpec
 # - Anything edge-cls does not define goes under ``extensions`` ({"vendor.name": any JSON}), kept
 #   and never acted on. The manifest is hashed and signed whole, so every field is covered.
 SCHEMA_VERSION = 1
-SCHEMA_MINOR = 2  # 1.1: schema_minor and extensions; 1.2: device (where edge-cls choose measured it)
+SCHEMA_MINOR = 2  # 1.1: schema_minor and extensions; 1.2: device (edge-cls choose), preprocess_placement
 FORMAT_NAME = "edge-cls-artifact"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -101,14 +103,18 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)
     device: dict[str, str] | None = None  # the device `edge-cls choose` chose it on (CPU, instruction sets, OS)
     extensions: dict[str, Any] = field(default_factory=dict)  # {"vendor.name": any JSON}: kept, never acted on
+    # Where preprocessing runs (host, or in the graph on uint8 pixels) and how that was chosen. An
+    # in-graph artifact's ``input`` block says uint8: a reader of minor 1 refuses it on its shape.
+    placement: Placement = HOST_EXACT
+    placement_choice: dict[str, Any] | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
     schema_minor: int = SCHEMA_MINOR
 
     @property
     def input_shape(self) -> list[int]:
-        """Model input shape with a dynamic batch axis (-1)."""
-        return [-1, *self.spec.input_shape]
+        """Model input shape with a dynamic batch axis (-1) (and dynamic height and width where the graph resizes)."""
+        return self.placement.input_shape(self.spec.input_shape, self.spec.input_size)
 
     @property
     def num_classes(self) -> int:
@@ -126,7 +132,7 @@ class Manifest:
             "task": self.task,
             "model_name": self.model_name,
             "model_file": self.model_file,
-            "input": {"name": self.input_name, "shape": self.input_shape, "dtype": "float32"},
+            "input": {"name": self.input_name, "shape": self.input_shape, "dtype": self.placement.input_dtype},
             "output": {"name": self.output_name, "shape": [-1, self.num_classes], "dtype": "float32"},
             "preprocess": self.spec.to_dict(),
             "labels": list(self.labels),
@@ -142,6 +148,7 @@ class Manifest:
             "tools": self.tools,
             "device": self.device,
             "extensions": self.extensions,
+            "preprocess_placement": {**self.placement.to_dict(), "choice": self.placement_choice},
             "created_at": self.created_at,
         }
 
@@ -158,6 +165,7 @@ class Manifest:
                 "upgrade edge-cls or rebuild the artifact"
             )
         minor = _check_known_fields(top, version)
+        placement, placement_choice = _read_placement(top)
         labels = top.items("labels", limit=1_000_000)
         if not labels:
             raise ArtifactError(f"{source}: field 'labels' must be a non-empty list of strings")
@@ -175,7 +183,7 @@ class Manifest:
             files=files,
             task=top.choice("task", TASKS),
             model_name=top.text("model_name", limit=1000),
-            input_name=_read_io(top, "input", len(labels)),
+            input_name=_read_io(top, "input", len(labels), placement.input_dtype),
             output_name=_read_io(top, "output", len(labels)),
             runtime_options=scalar_map(top, "runtime_options", top.get("runtime_options", dict), SCALARS),
             runtime_precision=top.text("runtime_precision", limit=100),
@@ -190,6 +198,8 @@ class Manifest:
             tools=scalar_map(top, "tools", top.get("tools", dict), (str,)),
             device=_read_device(top),
             extensions=_read_extensions(top),
+            placement=placement,
+            placement_choice=placement_choice,
             created_at=top.text("created_at", limit=100),
             schema_version=version,
             schema_minor=minor,
@@ -281,7 +291,7 @@ FIELDS_OF_MINOR = {  # the top-level fields each minor of schema 1 defines
         "model_name", "model_file", "input", "output", "preprocess", "labels", "files", "parity", "accuracy", "recipe",
         "search", "accepted_drop", "calibration", "taxonomy", "summary", "tools", "created_at"},
     1: {"schema_minor", "extensions"},
-    2: {"device"},
+    2: {"device", "preprocess_placement"},
 }
 
 
@@ -307,6 +317,31 @@ def _check_known_fields(top: Fields, version: int) -> int:
 def _read_device(top: Fields) -> dict[str, str] | None:
     value = top.get("device", dict, optional=True)
     return None if value is None else scalar_map(top, "device", value, (str,))
+
+
+def _read_placement(top: Fields) -> tuple[Placement, dict[str, Any] | None]:
+    """``preprocess_placement``: where preprocessing runs (absent: all on the host, in float32) and
+    the record of how it was chosen (``choice``: scalars, rows of scalars under ``candidates``)."""
+    block = top.optional_block("preprocess_placement")
+    if block is None:
+        return HOST_EXACT, None
+    settings = {k: v for k, v in block.data.items() if k != "choice"}
+    try:
+        placement = Placement.from_dict(settings)
+    except (ConfigError, TypeError) as e:
+        raise top.fail("preprocess_placement", f"is not a valid placement ({e}): rebuild the artifact") from None
+    choice = block.optional_block("choice")
+    if choice is None:
+        return placement, None
+    for name, value in choice.data.items():
+        if isinstance(value, list):
+            choice.each(name, choice.items(name, limit=100) or [],
+                        lambda row_name, row: scalar_map(choice, row_name, row, SCALARS))
+        elif isinstance(value, dict):
+            scalar_map(choice, name, value, SCALARS)
+        elif not any(is_kind(value, kind) for kind in SCALARS):
+            raise choice.fail(name, f"must be a scalar, a list of rows or an object of scalars, got {kind_of(value)}")
+    return placement, dict(choice.data)
 
 
 def _read_extensions(top: Fields) -> dict[str, Any]:
@@ -361,11 +396,12 @@ def _read_spec(top: Fields) -> PreprocessSpec:
         raise ArtifactError(f"{top.source}: invalid 'preprocess': {e}") from e
 
 
-def _read_io(top: Fields, key: str, num_classes: int) -> str:
+def _read_io(top: Fields, key: str, num_classes: int, dtype: str = "float32") -> str:
     block = top.block(key)
     name = block.text("name", limit=1000)
-    if block.get("dtype", str, optional=True, default="float32") != "float32":
-        raise block.fail("dtype", f"is {str(block.data['dtype'])[:50]!r}; edge-cls artifacts take and give float32")
+    if block.get("dtype", str, optional=True, default="float32") != dtype:
+        raise block.fail("dtype", f"is {str(block.data['dtype'])[:50]!r}; this artifact's {key} is {dtype} "
+                                  "(see preprocess_placement)")
     shape = block.items("shape", limit=8)
     if key == "output" and shape != [-1, num_classes]:
         raise block.fail("shape", f"is {str(shape)[:100]}, expected [-1, {num_classes}] (one logit per label)")

@@ -82,7 +82,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
             manifest = load_manifest(artifact)
             split = labelled_split(args.data_dir, split=args.split, classes=manifest.labels)
-            batches = iter_split_batches(split, manifest.spec)  # one batch in memory at a time
+            batches = iter_split_batches(split, manifest.spec, placement=manifest.placement)  # one batch at a time
             backend["verify"] = False  # load_manifest above already checked the hashes
         row = bench_artifact(artifact, batches=batches, batch=args.batch_size, iterations=args.bench_iterations,
                              name=str(artifact), **backend)
@@ -192,9 +192,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"artifact:   {args.artifact}",
         f"model:      {manifest.model_name or '?'} ({manifest.num_classes} classes, {manifest.task})",
         f"backend:    {manifest.backend}, {manifest.precision} (ran as {manifest.runtime_precision or '?'})",
-        f"input:      {manifest.input_name} {manifest.input_shape} float32 {spec.layout} {spec.channel_order}",
+        f"input:      {manifest.input_name} {manifest.input_shape} {_input_text(manifest)}",
         f"preprocess: resize {spec.interpolation}, crop_pct {spec.crop_pct} ({spec.crop_mode}), "
-        f"mean {spec.mean}, std {spec.std}",
+        f"mean {spec.mean}, std {spec.std}; runs: {manifest.placement.name}",
         "files:      " + ", ".join(f"{f.path} ({f.bytes / 1e6:.2f} MB)" for f in manifest.files),
     ]
 
@@ -221,3 +221,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         lines += format_search(manifest.search)
     print("\n".join(lines))
     return 0
+
+
+def _input_text(manifest: Any) -> str:
+    if manifest.placement.in_graph:
+        return "uint8 NHWC RGB pixels (the graph converts, transposes and normalises them)"
+    return f"float32 {manifest.spec.layout} {manifest.spec.channel_order}"

@@ -218,7 +218,7 @@ def _reference(model: Any, spec: Any, files: list[Path], targets: Any, name: str
     from edge_cls.export import ReferenceSet
 
     batch = np.stack([spec(path) for path in files])
-    return ReferenceSet.from_model(model, batch, targets, name=name, groups=picture_ids(files))
+    return ReferenceSet.from_model(model, batch, targets, name=name, groups=picture_ids(files), images=files)
 
 
 def _check_folder(args: argparse.Namespace, model: Any, spec: Any, labels: list[str]) -> Any:

@@ -160,7 +160,7 @@ def bench_artifact(
         if data is not None:
             inputs, targets = data
         else:
-            inputs = np.random.default_rng(0).standard_normal((batch, *classifier.spec.input_shape)).astype(np.float32)
+            inputs = classifier.sample_input(batch)
             targets = None
         return measure(
             classifier.logits, inputs, targets=targets, reference_logits=reference_logits, batch=batch,

@@ -31,10 +31,16 @@ Any failure on one image raises :class:`InvalidImageError` naming it. Pillow's g
 left alone: its decompression-bomb check (``Image.MAX_IMAGE_PIXELS``, 89 MP) still prints its
 warning for a file that large, and the header check here then refuses it.
 
-Only numpy and pillow are imported: this module runs on the device. The functions keep no state
+A third resize, ``resize="box"``, is the fast path's one-call resize without its reduced decode
+and reducing gap. Where an artifact runs these steps (on the host in float32, or in the model graph
+on uint8 pixels) is its :class:`~edge_cls.preprocess.placement.Placement`, which also makes the
+host's uint8 pixels.
+
+Only numpy and pillow are imported (and simplejpeg, when installed, for JPEGs: the same pixels,
+:mod:`edge_cls.preprocess._jpeg`): this module runs on the device. The functions keep no state
 between calls and are safe to call from several threads at once (a PIL image that is not yet
 loaded should not be shared between threads: Pillow loads it lazily). Decoding lives in
-``_image_decode``, geometry and resampling in ``_image_resize``.
+``_decode``, geometry and resampling in ``_resize``.
 """
 
 from __future__ import annotations
@@ -219,17 +225,18 @@ class PreprocessSpec:
         return (3, h, w) if self.layout == "NCHW" else (h, w, 3)
 
     def __call__(self, image: ImageInput, *, fast: bool | None = None, out: np.ndarray | None = None,
-                 max_pixels: int | None = None, max_aspect_ratio: float | None = None) -> np.ndarray:
+                 max_pixels: int | None = None, max_aspect_ratio: float | None = None,
+                 resize: str | None = None) -> np.ndarray:
         """Load ``image`` and return one float32 tensor of :attr:`input_shape`.
 
-        ``fast`` picks the path (default :data:`FAST_BY_DEFAULT`); ``out`` is an optional float32
-        array of :attr:`input_shape` to write into (and return); ``max_pixels`` and
-        ``max_aspect_ratio`` override the module's limits for this call.
+        ``fast`` picks the path (default :data:`FAST_BY_DEFAULT`); ``resize`` names it instead
+        (``exact``, ``box``: the fast path's one-call resize without its reduced decode and reducing
+        gap, ``fast``); ``out`` is an optional float32 array of :attr:`input_shape` to write into
+        (and return); ``max_pixels`` and ``max_aspect_ratio`` override the module's limits for this call.
         """
-        fast = FAST_BY_DEFAULT if fast is None else fast
-        limits = _limits(max_pixels, max_aspect_ratio)
-        decoded = _decode(image, limits, draft_for=self if fast else None)
-        return _render(decoded, self, _output(out, self), fast=fast)
+        resize = resize_mode(fast, resize)
+        decoded = _decode(image, _limits(max_pixels, max_aspect_ratio), draft_for=self if resize == "fast" else None)
+        return _render(decoded, self, _output(out, self), resize=resize)
 
 
 def load_image(
@@ -245,8 +252,8 @@ def load_image(
     """
     decoded = _decode(source, _limits(max_pixels, max_aspect_ratio), draft_for=None)
     if decoded.bgr:
-        return Image.merge("RGB", decoded.image.split()[::-1])
-    return decoded.image
+        return Image.merge("RGB", decoded.image.split()[:3][::-1])
+    return decoded.image if decoded.image.mode == "RGB" else decoded.image.convert("RGB")  # RGBX: a fast decode
 
 
 def transform(
@@ -259,10 +266,9 @@ def transform(
 ) -> np.ndarray:
     """Resize, crop and normalise a PIL image (RGB, or any mode :func:`load_image` reads; its EXIF
     orientation is applied) as timm's eval transform does, or by the fast path's box resize."""
-    fast = FAST_BY_DEFAULT if fast is None else fast
     limits = _limits(None, max_aspect_ratio, cap_pixels=False)
     decoded = _decode(image, limits, draft_for=None)
-    return _render(decoded, spec, _output(out, spec), fast=fast)
+    return _render(decoded, spec, _output(out, spec), resize=resize_mode(fast, None))
 
 
 def preprocess_batch(
@@ -319,19 +325,38 @@ def _decode(source: ImageInput, limits: Limits, draft_for: PreprocessSpec | None
     return decode(source, limits, draft_for, FAST_DRAFT_MARGIN)
 
 
-def _render(decoded: Decoded, spec: PreprocessSpec, out: np.ndarray, *, fast: bool) -> np.ndarray:
+RESIZE_MODES = ("exact", "box", "fast")
+
+
+def resize_mode(fast: bool | None, resize: str | None) -> str:
+    """The resize a call asks for: ``resize`` by name, else ``fast`` (default :data:`FAST_BY_DEFAULT`)."""
+    if resize is None:
+        return "fast" if (FAST_BY_DEFAULT if fast is None else fast) else "exact"
+    if resize not in RESIZE_MODES or fast is not None:
+        raise ConfigError(f"resize must be one of {RESIZE_MODES} (and fast not given), got {resize!r}")
+    return resize
+
+
+def _render(decoded: Decoded, spec: PreprocessSpec, out: np.ndarray, *, resize: str) -> np.ndarray:
+    pixels, region_plan = resized_region(decoded, spec, resize)
+    _normalise_into(out, pixels, region_plan, spec, bgr=decoded.bgr)
+    return out
+
+
+def resized_region(decoded: Decoded, spec: PreprocessSpec, resize: str) -> tuple[np.ndarray, Plan]:
+    """The crop's pixels at the model's scale (uint8, the decoded image's channels) and the plan
+    that places them in the input."""
     region_plan = plan(decoded.size, spec, decoded.name)
     resample = INTERPOLATIONS[spec.interpolation]
     try:
-        if fast:
-            region = resample_box(decoded.image, decoded.content, region_plan, resample, FAST_REDUCING_GAP)
-        else:
+        if resize == "exact":
             region = resample_exact(decoded.image, region_plan, resample)
-        pixels = np.asarray(region)
+        else:
+            gap = FAST_REDUCING_GAP if resize == "fast" else None
+            region = resample_box(decoded.image, decoded.content, region_plan, resample, gap)
+        return np.asarray(region), region_plan
     except Exception as e:  # MemoryError above all; nothing here depends on the file's bytes
         raise InvalidImageError(f"{decoded.name} could not be resized ({type(e).__name__}: {e})") from e
-    _normalise_into(out, pixels, region_plan, spec, bgr=decoded.bgr)
-    return out
 
 
 def _normalise_into(out: np.ndarray, pixels: np.ndarray, region_plan: Plan, spec: PreprocessSpec, *, bgr: bool) -> None:

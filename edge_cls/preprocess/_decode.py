@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from edge_cls.errors import InvalidImageError
+from edge_cls.preprocess import _jpeg
 from edge_cls.preprocess._resize import resized_size
 
 if TYPE_CHECKING:
@@ -140,7 +141,18 @@ def _decode_file(fp: Any, name: str, limits: Limits, draft: tuple[PreprocessSpec
     except Exception as e:  # a malformed header raises whatever the format's parser hits
         raise InvalidImageError(f"{name} could not be opened ({type(e).__name__}: {e})") from e
     limits.check(image.size, name)  # from the header: nothing is decoded yet
+    fast = _jpeg.decode(image, fp, _draft_need(image, *draft) if draft is not None else None)
+    if fast is not None:
+        return _upright_fast(image, *fast, name)
     return _finish_decode(image, name, limits, owned=True, draft=draft)
+
+
+def _upright_fast(header: Image.Image, decoded: Image.Image, scale: float, name: str) -> Decoded:
+    """simplejpeg's RGBX pixels (at ``scale`` of the stored size), turned upright by the header's EXIF."""
+    orientation = _orientation(header)
+    if orientation != 1:
+        decoded = decoded.transpose(_ORIENTATIONS[orientation])
+    return Decoded(decoded, name, *_upright_content(decoded.size, header.size, 1 / scale, orientation))
 
 
 def _finish_decode(
@@ -173,7 +185,7 @@ def _finish_decode(
 
 
 def _upright_content(
-    decoded: tuple[int, int], stored: tuple[int, int], scale: int, orientation: int
+    decoded: tuple[int, int], stored: tuple[int, int], scale: float, orientation: int
 ) -> tuple[tuple[int, int], tuple[float, float, float, float]]:
     """The source's upright size, and the box its picture covers in the upright decoded image.
 
@@ -207,17 +219,24 @@ def _exif_transpose(image: Image.Image, *, in_place: bool) -> Image.Image:
     return ImageOps.exif_transpose(image)
 
 
-def _draft(image: Image.Image, spec: PreprocessSpec, margin: float) -> int:
-    """Ask a JPEG decoder for 1/2, 1/4 or 1/8 scale while that keeps ``margin`` times the pixels
-    the resize needs; return the scale (1 when not reduced or not a JPEG)."""
+def _draft_need(image: Image.Image, spec: PreprocessSpec, margin: float) -> tuple[int, int] | None:
+    """``margin`` times the (width, height) the resize needs, in the stored orientation; None: no reduction."""
     if image.format != "JPEG" or not math.isfinite(margin):
-        return 1
+        return None
     orientation = _orientation(image)
     upright = image.size[::-1] if orientation in _SWAPS_AXES else image.size
     need = resized_size(upright, spec)
     if orientation in _SWAPS_AXES:
         need = need[::-1]
-    request = tuple(max(1, math.ceil(n * margin)) for n in need)
+    return max(1, math.ceil(need[0] * margin)), max(1, math.ceil(need[1] * margin))
+
+
+def _draft(image: Image.Image, spec: PreprocessSpec, margin: float) -> int:
+    """Ask a JPEG decoder for 1/2, 1/4 or 1/8 scale while that keeps ``margin`` times the pixels
+    the resize needs; return the scale (1 when not reduced or not a JPEG)."""
+    request = _draft_need(image, spec, margin)
+    if request is None:
+        return 1
     width = image.size[0]
     drafted = image.draft(None, request)  # (mode, box of the whole source in reduced pixels) or None
     if drafted is None or not drafted[1][2]:

@@ -114,6 +114,13 @@ class Judgement:
     settle_pictures: int | None = None
 
 
+def change_costs(reference_probabilities: np.ndarray, candidate_top1: np.ndarray) -> np.ndarray:
+    """What each image's answer is expected to cost: p_ref(the reference's top-1) - p_ref(the candidate's
+    top-1), under the reference's probabilities (0 where the answers agree, at most 1)."""
+    p, rows = reference_probabilities, np.arange(len(candidate_top1))
+    return p[rows, p.argmax(1)] - p[rows, candidate_top1]
+
+
 def measure(reference_logits: np.ndarray, candidate_logits: np.ndarray, *, temperature: float = 1.0,
             targets: np.ndarray | None = None, groups: np.ndarray | None = None,
             rule: AcceptanceRule | None = None) -> Evidence:
@@ -133,9 +140,8 @@ def measure(reference_logits: np.ndarray, candidate_logits: np.ndarray, *, tempe
     p_ref = softmax(reference_logits, temperature)
     p_cand = softmax(candidate_logits, temperature)
     ref_top, cand_top = p_ref.argmax(1), p_cand.argmax(1)
-    rows = np.arange(n)
-    cost = p_ref[rows, ref_top] - p_ref[rows, cand_top]  # >= 0: what each changed answer is expected to cost
-    confident = p_ref[rows, ref_top] >= CONFIDENT
+    cost = change_costs(p_ref, cand_top)
+    confident = p_ref.max(1) >= CONFIDENT
     low, high = _bootstrap_interval(cost, groups, rule)
     kl = float(np.mean(np.sum(p_ref * (np.log(p_ref + 1e-12) - np.log(p_cand + 1e-12)), axis=1)))
     figures = dict(
