@@ -91,7 +91,20 @@ def _check_export_args(args: argparse.Namespace, resolve_targets: Any) -> list:
     if args.calib_data is None and args.check_data is None:
         raise ConfigError("give --calib-data (and/or --check-data): images to calibrate on and to check the exported "
                           "model against PyTorch")
+    _check_image_folders(args)
     return targets
+
+
+def _check_image_folders(args: argparse.Namespace) -> None:
+    """An image folder without images is refused before the model is loaded (one lazy look each)."""
+    from edge_cls.data import image_files
+
+    for flag, folder in (("--calib-data", args.calib_data), ("--check-data", args.check_data)):
+        if folder is not None:
+            try:
+                image_files(folder, limit=1)
+            except DataError as e:
+                raise DataError(f"{flag} {e}") from None
 
 
 def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec: Any, labels: list[str],
