@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+
 @pytest.fixture
 def empty(tmp_path):
     folder = tmp_path / "empty"
@@ -47,7 +48,8 @@ def test_bench_images_on_an_empty_folder(cli, one_line_error, artifacts, empty):
 
 
 @pytest.mark.parametrize("flag", ["--calib-data", "--check-data"])
-def test_export_with_an_empty_image_folder_fails_before_loading_the_model(cli, one_line_error, tiny_checkpoint, empty, tmp_path, flag):
+def test_export_with_an_empty_image_folder_fails_before_loading_the_model(cli, one_line_error, tiny_checkpoint, empty,
+                                                                          tmp_path, flag):
     result = cli("export", "--checkpoint", tiny_checkpoint, "--formats", "onnx", "--precisions", "fp32", flag, empty,
                  "--output", tmp_path / "out")
     one_line_error(result, f"{flag} {empty} holds no images")
