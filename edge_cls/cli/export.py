@@ -35,6 +35,18 @@ def add_parser(sub: Any) -> None:
     options.add_all(e, "max_drop", "accept_drop", "recipes", "taxonomy")
     e.set_defaults(func=run_export)
 
+    s = sub.add_parser(
+        "sign", help="sign an artifact with a private key; devices verify with the public key only",
+        description="Write ARTIFACT/model.sig: a public-key signature over the manifest and every file, in OpenSSF "
+        "model-signing's bundle format (model_signing verify key accepts it). Devices that set "
+        "EDGE_CLS_TRUSTED_KEYS (or load(..., trusted_keys=...)) to the public key refuse unsigned or changed "
+        "artifacts, and cannot sign. Make a key: openssl ecparam -name prime256v1 -genkey -noout -out key.pem; "
+        "openssl ec -in key.pem -pubout -out pub.pem",
+    )
+    s.add_argument("artifact", type=Path, help="an artifact directory (holds manifest.json)")
+    options.add(s, "key", required=True)
+    s.set_defaults(func=run_sign)
+
     z = sub.add_parser(
         "zero-shot", help="artifacts from a CLIP model and class names, no training",
         description="Build a classifier from an open_clip model: the class names go through the text tower "
@@ -66,6 +78,14 @@ def read_labels(path: Path) -> list[str]:
     if not labels:
         raise ConfigError(f"labels file {path} is empty")
     return labels
+
+
+def run_sign(args: argparse.Namespace) -> int:
+    from edge_cls.export.signing import sign_artifact
+
+    path, public = sign_artifact(args.artifact, args.key)
+    print(f"{path}: signed by the EC {public.key.curve.name} key {args.key} (public key sha256 {public.hint[:16]}...)")
+    return 0
 
 
 def run_zero_shot(args: argparse.Namespace) -> int:

@@ -309,6 +309,8 @@ VOCABULARY: dict[str, Flag] = {
     "taxonomy": Flag(("--taxonomy",), "class hierarchy to store in the artifacts: a parent per class (YAML or JSON "
                      "{class: parent}, or CSV class,parent); answers roll up to ancestors",
                      kwargs={"type": Path, "metavar": "FILE"}),
+    "key": Flag(("--key",), "private key to sign with: PEM, EC P-256/384/521 (model-signing's key signer)",
+                kwargs={"type": Path, "metavar": "FILE"}),
     # running artifacts
     "topk": Flag(("-k", "--topk"), "classes per image", aliases=("--top-k",), kwargs={"type": COUNT}),
     "backend": Flag(
