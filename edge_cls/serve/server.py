@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesParser
 from email.policy import HTTP
 from http import HTTPStatus
@@ -38,6 +39,7 @@ DRAIN_LIMIT = 64 * 2**20  # read and drop at most this much of a refused upload,
 # and Linux caps the value at net.core.somaxconn.
 LISTEN_BACKLOG = 1024
 RETRY_AFTER_S = 1
+HANDLER_THREADS = 256  # connections handled at once; more wait (accepted) for a thread, none is refused
 PROTOCOL_PREFIX = "/v2"
 
 
@@ -211,15 +213,25 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the request threads: requests in flight finish
-    block_on_close = True
     allow_reuse_address = True
     request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], service: ClassifierService) -> None:
         self.service = service
         self.protocol = InferenceProtocol(service)
+        # Connections are handed to reused threads: socketserver starts a new thread per connection and
+        # waits for it to run, which under load (every thread wanting the GIL) made the accept loop, and
+        # so every refusal behind it, hundreds of ms late.
+        self._handlers = ThreadPoolExecutor(HANDLER_THREADS, thread_name_prefix="edge-cls-http")
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._handlers.submit(self.process_request_thread, request, client_address)
+
+    def server_close(self) -> None:
+        """Stop listening, then wait for the connections already accepted: requests in flight finish."""
+        super().server_close()
+        self._handlers.shutdown(wait=True)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that left before its answer is no error of ours; anything else is logged once,
