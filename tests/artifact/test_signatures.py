@@ -123,6 +123,7 @@ def test_a_file_changed_after_signing_is_refused(signed, test_images):
         load(artifact, trusted_keys=[public])
 
 
+@pytest.mark.slow
 def test_hmac_and_trusted_keys_both_apply(artifact_copy, tmp_path, test_images):
     artifact = artifact_copy("openvino-fp32")
     private, public = key_pair(tmp_path, "p384", ec.SECP384R1)
