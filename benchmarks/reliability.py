@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the script's own helpers, besi
 
 from reliability_cases import Case, artifact_cases, image_cases, manifest_cases
 from reliability_faults import build_artifacts, disk_cases, killed_run_cases, rss_cases
+from reliability_signatures import signature_cases
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -55,6 +56,7 @@ def main() -> int:
         for section in (
             lambda: image_cases(small["onnx-fp32"], work, args.seed),
             lambda: artifact_cases(small, work, args.seed),
+            lambda: signature_cases(small, work, args.seed),
             lambda: manifest_cases(small["onnx-fp32"], work, args.seed),
             lambda: killed_run_cases(data, work, args.seed),
             lambda: disk_cases(small["onnx-fp32"], work),
@@ -150,8 +152,9 @@ def write_report(path: Path, cases: list[Case], rss: list[Case], seconds: float)
         "uninterrupted one to 1e-4 counts too). CLI runs are real subprocesses under a 6 GiB address-space limit.",
         "", *_summary(cases + rss), "", "## Tamper detection", "",
         "Hashes detect changed files; a manifest rewritten to match them (the re-signed rows) is detected only with "
-        "a manifest key (`EDGE_CLS_MANIFEST_KEY[_FILE]`, HMAC-SHA256), and so are byte flips in manifest.json that "
-        "still parse.", "", *_detection(cases), "",
+        "a manifest key (`EDGE_CLS_MANIFEST_KEY[_FILE]`, HMAC-SHA256) or trusted public keys (`EDGE_CLS_TRUSTED_KEYS`, "
+        "artifacts signed by `edge-cls sign`), and so are byte flips in manifest.json that still parse. The "
+        "*control* row is a signed, untouched artifact: it must load.", "", *_detection(cases), "",
         f"## Peak RSS of `edge-cls predict`, one image, 224-px artifacts (target < {RSS_TARGET_MB} MB)", "",
         f"Largest: {peak:.0f} MB.", "", *_rss(rss), "",
         "## Every crash, traceback, data loss and undetected tampering", "", *_notable(cases + rss), "",

@@ -80,8 +80,9 @@ class Recipe:
         return self.precision == "int8"
 
 
-def _recipes() -> dict[str, Recipe]:
-    recipes = [
+def _onnx_recipes() -> list[Recipe]:
+    """ONNX Runtime: FP32, FP16, and INT8 by ORT's quantizer, NNCF, equalization, distillation, fallback."""
+    return [
         Recipe(name="ort-fp32", format="onnx", precision="fp32", summary="the FP32 ONNX file"),
         Recipe(name="ort-fp16", format="onnx", precision="fp16",
                summary="FP16 weights and compute, FP32 input/output (onnxruntime.transformers.float16)"),
@@ -108,6 +109,16 @@ def _recipes() -> dict[str, Recipe]:
         Recipe(name="ort-qad", format="onnx", precision="int8", restores=True, distill=Distillation(),
                summary="quantization-aware distillation: NNCF fake-quantized PyTorch model fine-tuned against the "
                "float model's soft targets, exported as QDQ"),
+        Recipe(name="ort-restore", format="onnx", precision="int8", restores=True,
+               summary="the most accurate ORT-quantizer recipe with the layers that hurt the answer most kept in "
+               "float, 1, 2, 4, 8, 16 of them, ranked once by the error each adds, quantized with the ranges of one "
+               "calibration (bounded)"),
+    ]
+
+
+def _openvino_recipes() -> list[Recipe]:
+    """OpenVINO: FP32, FP16 weights, bf16, and INT8 by NNCF or ORT's Q/DQ graph, with recoveries."""
+    return [
         Recipe(name="ov-fp32", format="openvino", precision="fp32", summary="FP32 IR, run in f32",
                runtime={"inference_precision": "f32"}),
         Recipe(name="ov-fp16", format="openvino", precision="fp16",
@@ -124,10 +135,6 @@ def _recipes() -> dict[str, Recipe]:
         Recipe(name="ov-nncf-performance", format="openvino", precision="int8",
                summary="NNCF INT8, PERFORMANCE preset (symmetric), full bias correction, float parts in f32",
                nncf=NncfQuantization(preset="performance"), runtime={"inference_precision": "f32"}),
-        Recipe(name="ort-restore", format="onnx", precision="int8", restores=True,
-               summary="the most accurate ORT-quantizer recipe with the layers that hurt the answer most kept in "
-               "float, 1, 2, 4, 8, 16 of them, ranked once by the error each adds, quantized with the ranges of one "
-               "calibration (bounded)"),
         Recipe(name="ov-ort-qdq", format="openvino", precision="int8",
                summary="ONNX Runtime's QDQ U8S8 model (min-max) converted to an IR: OpenVINO runs the Q/DQ pairs as "
                "its own INT8 (kept the answer better than NNCF on EfficientNet-Lite here)",
@@ -147,13 +154,22 @@ def _recipes() -> dict[str, Recipe]:
         Recipe(name="ov-qad", format="openvino", precision="int8", restores=True, distill=Distillation(),
                summary="quantization-aware distillation (as ort-qad), the QDQ graph compiled by OpenVINO",
                runtime={"inference_precision": "f32"}),
+    ]
+
+
+def _tensorrt_recipes() -> list[Recipe]:
+    """TensorRT: engines built from ONNX graphs that carry their precision."""
+    return [
         Recipe(name="trt-fp32", format="tensorrt", precision="fp32", summary="TensorRT engine, TF32 off"),
         Recipe(name="trt-fp16", format="tensorrt", precision="fp16", summary="TensorRT engine, FP16 kernels"),
         Recipe(name="trt-int8", format="tensorrt", precision="int8",
                summary="TensorRT explicit INT8 from symmetric QDQ (ONNX Runtime calibration)",
                ort=OrtQuantization(activations="int8", symmetric_activations=True)),
     ]
-    return {r.name: r for r in recipes}
+
+
+def _recipes() -> dict[str, Recipe]:
+    return {r.name: r for r in (*_onnx_recipes(), *_openvino_recipes(), *_tensorrt_recipes())}
 
 
 RECIPES: dict[str, Recipe] = _recipes()

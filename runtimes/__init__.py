@@ -47,6 +47,7 @@ def load(
     backend: str | None = None,
     verify: bool = True,
     key: bytes | str | None = None,
+    trusted_keys: Any = None,
     throughput: bool = False,
     **options: Any,
 ) -> Classifier:
@@ -69,7 +70,7 @@ def load(
         options: backend options, e.g. ``device="GPU"`` for OpenVINO, ``threads=2``.
     """
     directory = Path(path)
-    manifest, files = read_artifact(directory, verify=verify, key=key)
+    manifest, files = read_artifact(directory, verify=verify, key=key, trusted_keys=trusted_keys)
     cls = backend_class(backend or manifest.backend)
     suffix = Path(manifest.model_file).suffix
     if suffix not in cls.suffixes:

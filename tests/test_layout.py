@@ -31,7 +31,9 @@ DEVICE_CORE = {
     "edge_cls.taxonomy", "edge_cls.preprocess", "edge_cls.preprocess._decode", "edge_cls.preprocess._resize",
     "edge_cls.preprocess._jpeg", "edge_cls.preprocess.placement",
     "edge_cls.artifact", "edge_cls.artifact.manifest", "edge_cls.artifact.schema", "edge_cls.artifact.integrity",
-    "edge_cls.serve", "edge_cls.runtimes", "edge_cls.runtimes.base", "edge_cls.runtimes.streaming",
+    "edge_cls.artifact.signatures",
+    "edge_cls.serve", "edge_cls.serve.server", "edge_cls.serve.service", "edge_cls.serve.inference_protocol",
+    "edge_cls.runtimes", "edge_cls.runtimes.base", "edge_cls.runtimes.streaming",
     "edge_cls.runtimes.pool",
 }
 NEVER_ON_DEVICE = ("edge_cls.measure", "edge_cls.quality", "edge_cls.training", "edge_cls.export", "edge_cls.cli",
@@ -70,7 +72,7 @@ def test_the_torch_free_parts_import_no_heavy_library():
     """The core, measure/, quality/, the runtimes' base, calibration data, the CLI and the export table."""
     modules = [f"edge_cls.{m.name}" for m in pkgutil.iter_modules(edge_cls.__path__)
                if m.name not in ("__main__", "training", "export")]
-    for sub in ("measure", "quality", "artifact", "preprocess", "cli"):
+    for sub in ("measure", "quality", "artifact", "preprocess", "cli", "serve"):
         modules += [f"edge_cls.{sub}.{m.name}" for m in pkgutil.iter_modules([str(PACKAGE / sub)])
                     if m.name != "__main__"]
     modules += ["edge_cls.runtimes.base", "edge_cls.calibration_data", "edge_cls.export.formats",

@@ -9,7 +9,8 @@ The hashes detect corruption and tampering of the files, not a manifest rewritte
 them. For that, sign manifests with a key (HMAC-SHA256, standard library only): set
 ``EDGE_CLS_MANIFEST_KEY_FILE`` (a file holding the key) or ``EDGE_CLS_MANIFEST_KEY`` when
 building and when loading; a loader with a key refuses an artifact that is unsigned or signed
-with another key.
+with another key. A shared key also lets every device sign; public-key signatures
+(:mod:`edge_cls.artifact.signatures`, ``model.sig``) let devices verify without that power.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.hmac"
+KEY_SIGNATURE_NAME = "model.sig"  # a public-key signature (edge_cls.artifact.signatures)
 KEY_ENV = "EDGE_CLS_MANIFEST_KEY"
 KEY_FILE_ENV = "EDGE_CLS_MANIFEST_KEY_FILE"
 MIN_KEY_BYTES = 16
@@ -78,7 +80,7 @@ def check_layout(directory: Path, listed: Iterable[str]) -> None:
     """Refuse symbolic links, special files, and files or directories the manifest does not list."""
     expected = set(listed)
     parents = {str(parent) for name in expected for parent in Path(name).parents if str(parent) != "."}
-    allowed = expected | {MANIFEST_NAME, SIGNATURE_NAME}
+    allowed = expected | {MANIFEST_NAME, SIGNATURE_NAME, KEY_SIGNATURE_NAME}
     walked, stack = 0, [("", directory)]
     while stack:
         prefix, folder = stack.pop()

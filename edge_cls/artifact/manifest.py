@@ -21,6 +21,7 @@ from typing import Any
 
 from edge_cls._fileio import sha256_file, write_bytes_atomic, write_text_atomic
 from edge_cls.artifact.integrity import (
+    KEY_SIGNATURE_NAME,
     MANIFEST_NAME,
     SIGNATURE_NAME,
     ArtifactFiles,
@@ -46,6 +47,7 @@ from edge_cls.artifact.schema import (
     scalar_map,
     sha256_hex,
 )
+from edge_cls.artifact.signatures import trusted_keys, verify_signature
 from edge_cls.backends import BACKEND_NAMES
 from edge_cls.errors import ArtifactError, ConfigError
 from edge_cls.predictions import TASKS
@@ -240,30 +242,37 @@ def describe_files(directory: str | os.PathLike[str], names: list[str]) -> list[
 
 
 def load_manifest(
-    directory: str | os.PathLike[str], *, verify: bool = True, key: bytes | str | None = None
+    directory: str | os.PathLike[str], *, verify: bool = True, key: bytes | str | None = None,
+    trusted_keys: Any = None,
 ) -> Manifest:
     """Read and validate ``directory/manifest.json``; with ``verify``, check the directory against it:
-    nothing unlisted, no symlinks, every file's size and sha256. ``key``: see :func:`read_artifact`."""
-    directory, manifest = _read_manifest(directory, key)
+    nothing unlisted, no symlinks, every file's size and sha256. ``key``, ``trusted_keys``: see
+    :func:`read_artifact`."""
+    directory, manifest = _read_manifest(directory, key, trusted_keys)
     if verify:
         verify_files(directory, manifest.files)
     return manifest
 
 
 def read_artifact(
-    directory: str | os.PathLike[str], *, verify: bool = True, key: bytes | str | None = None
+    directory: str | os.PathLike[str], *, verify: bool = True, key: bytes | str | None = None,
+    trusted_keys: Any = None,
 ) -> tuple[Manifest, ArtifactFiles]:
     """The manifest and the bytes of every file it lists, each file read once and (with ``verify``)
     checked as :func:`load_manifest` does: hand these bytes to a backend, not the paths.
 
-    ``key``: the manifest signing key; by default ``$EDGE_CLS_MANIFEST_KEY_FILE`` or
+    ``key``: the manifest HMAC key; by default ``$EDGE_CLS_MANIFEST_KEY_FILE`` or
     ``$EDGE_CLS_MANIFEST_KEY``. With a key, an unsigned or wrongly signed manifest is refused.
+    ``trusted_keys``: public keys (PEM files, PEM bytes or key objects); by default
+    ``$EDGE_CLS_TRUSTED_KEYS``. With them, an artifact without a valid ``model.sig`` by one of them
+    is refused. When both are configured, both checks apply: each must pass.
     """
-    directory, manifest = _read_manifest(directory, key)
+    directory, manifest = _read_manifest(directory, key, trusted_keys)
     return manifest, read_files(directory, manifest.files, manifest.model_file, verify=verify)
 
 
-def _read_manifest(directory: str | os.PathLike[str], key: bytes | str | None) -> tuple[Path, Manifest]:
+def _read_manifest(directory: str | os.PathLike[str], key: bytes | str | None, trusted: Any = None
+                   ) -> tuple[Path, Manifest]:
     directory = Path(directory)
     if not directory.exists():
         raise ArtifactError(
@@ -283,7 +292,11 @@ def _read_manifest(directory: str | os.PathLike[str], key: bytes | str | None) -
     secret = manifest_key(key)
     if secret is not None:
         check_signature(directory, raw, secret)
-    return directory, Manifest.from_dict(parse_json(raw, str(path)), source=str(path))
+    keys = trusted_keys(trusted)
+    manifest = Manifest.from_dict(parse_json(raw, str(path)), source=str(path))
+    if keys is not None:  # the files' own hashes are compared with the manifest by the integrity check
+        verify_signature(directory, raw, manifest.files, keys)
+    return directory, manifest
 
 
 FIELDS_OF_MINOR = {  # the top-level fields each minor of schema 1 defines
@@ -359,7 +372,7 @@ def _read_files(top: Fields) -> list[ArtifactFile]:
     duplicate = next((p for p in paths if paths.count(p) > 1), None)
     if duplicate is not None:
         raise ArtifactError(f"{top.source}: field 'files' lists {duplicate!r} twice")
-    reserved = sorted({MANIFEST_NAME, SIGNATURE_NAME} & set(paths))
+    reserved = sorted({MANIFEST_NAME, SIGNATURE_NAME, KEY_SIGNATURE_NAME} & set(paths))
     if reserved:
         raise ArtifactError(f"{top.source}: field 'files' lists {reserved[0]!r}, which describes the artifact itself")
     return files

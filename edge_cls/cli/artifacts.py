@@ -159,7 +159,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     with Server(classifier, serve_options) as server:
         print(f"edge-cls: serving {args.artifact} ({classifier.backend.name}, {classifier.precision}) on {server.url}"
-              " - POST /predict, GET /health, GET /info", flush=True)
+              f" - POST /predict, GET /health, GET /info; Open Inference Protocol under /v2 (models "
+              f"{server.service.name!r}: encoded images, {server.service.name + '-tensor'!r}: tensors)", flush=True)
         while not stop.wait(0.5):
             pass
         print("edge-cls: stopping: finishing the requests in flight", file=sys.stderr, flush=True)

@@ -36,6 +36,18 @@ def add_parser(sub: Any) -> None:
                     "defer_choice")
     e.set_defaults(func=run_export)
 
+    s = sub.add_parser(
+        "sign", help="sign an artifact with a private key; devices verify with the public key only",
+        description="Write ARTIFACT/model.sig: a public-key signature over the manifest and every file, in OpenSSF "
+        "model-signing's bundle format (model_signing verify key accepts it). Devices that set "
+        "EDGE_CLS_TRUSTED_KEYS (or load(..., trusted_keys=...)) to the public key refuse unsigned or changed "
+        "artifacts, and cannot sign. Make a key: openssl ecparam -name prime256v1 -genkey -noout -out key.pem; "
+        "openssl ec -in key.pem -pubout -out pub.pem",
+    )
+    s.add_argument("artifact", type=Path, help="an artifact directory (holds manifest.json)")
+    options.add(s, "key", required=True)
+    s.set_defaults(func=run_sign)
+
     z = sub.add_parser(
         "zero-shot", help="artifacts from a CLIP model and class names, no training",
         description="Build a classifier from an open_clip model: the class names go through the text tower "
@@ -69,6 +81,14 @@ def read_labels(path: Path) -> list[str]:
     return labels
 
 
+def run_sign(args: argparse.Namespace) -> int:
+    from edge_cls.export.signing import sign_artifact
+
+    path, public = sign_artifact(args.artifact, args.key)
+    print(f"{path}: signed by the EC {public.key.curve.name} key {args.key} (public key sha256 {public.hint[:16]}...)")
+    return 0
+
+
 def run_zero_shot(args: argparse.Namespace) -> int:
     from edge_cls.export import resolve_targets
 
@@ -92,7 +112,20 @@ def _check_export_args(args: argparse.Namespace, resolve_targets: Any) -> list:
     if args.calib_data is None and args.check_data is None:
         raise ConfigError("give --calib-data (and/or --check-data): images to calibrate on and to check the exported "
                           "model against PyTorch")
+    _check_image_folders(args)
     return targets
+
+
+def _check_image_folders(args: argparse.Namespace) -> None:
+    """An image folder without images is refused before the model is loaded (one lazy look each)."""
+    from edge_cls.data import image_files
+
+    for flag, folder in (("--calib-data", args.calib_data), ("--check-data", args.check_data)):
+        if folder is not None:
+            try:
+                image_files(folder, limit=1)
+            except DataError as e:
+                raise DataError(f"{flag} {e}") from None
 
 
 def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec: Any, labels: list[str],

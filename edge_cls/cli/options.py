@@ -328,6 +328,8 @@ VOCABULARY: dict[str, Flag] = {
     "taxonomy": Flag(("--taxonomy",), "class hierarchy to store in the artifacts: a parent per class (YAML or JSON "
                      "{class: parent}, or CSV class,parent); answers roll up to ancestors",
                      kwargs={"type": Path, "metavar": "FILE"}),
+    "key": Flag(("--key",), "private key to sign with: PEM, EC P-256/384/521 (model-signing's key signer)",
+                kwargs={"type": Path, "metavar": "FILE"}),
     # running artifacts
     "topk": Flag(("-k", "--topk"), "classes per image", aliases=("--top-k",), kwargs={"type": COUNT}),
     "backend": Flag(
@@ -362,6 +364,16 @@ VOCABULARY: dict[str, Flag] = {
     "rounds": Flag(
         ("--rounds",), "repeats of each compared measurement, interleaved round-robin", kwargs={"type": COUNT}
     ),
+    # scoring on a cluster
+    "engine": Flag(("--engine",), "where to classify: local (this process) or ray (a Ray cluster; Parquet out)",
+                   kwargs={"choices": ["local", "ray"]}),
+    "address": Flag(("--address",), "Ray cluster to join (auto, ray://head:10001; default: start a local one)",
+                    kwargs={"metavar": "ADDR"}),
+    "output_format": Flag(("--output-format",), "jsonl (as --jsonl) or parquet (needs --engine ray and --output)",
+                          kwargs={"choices": ["jsonl", "parquet"]}),
+    "actors": Flag(("--actors",), "inference actors, each loading the artifact once", kwargs={"type": COUNT}),
+    "actor_cpus": Flag(("--actor-cpus",), "CPUs per inference actor (fractions allowed); its backend threads follow",
+                       kwargs={"type": _positive_float, "metavar": "N"}),
     # serving
     "host": Flag(("--host",), "address to listen on", kwargs={"metavar": "ADDRESS"}),
     "port": Flag(("--port",), "TCP port to listen on (0: any free port)", kwargs={"type": NON_NEGATIVE}),

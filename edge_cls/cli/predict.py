@@ -24,6 +24,12 @@ def add_parsers(sub: Any) -> None:
     options.add(p, "batch_size", default=8, note="default: 8")
     options.add(p, "workers", note="decoding threads; default: one per CPU, up to 4 (0: none)")
     options.add_all(p, "backend", "json", "jsonl")
+    options.add(p, "engine", default="local", note="default: local")
+    options.add(p, "output_format")
+    options.add(p, "output", note="with --output-format parquet: the directory of Parquet files")
+    options.add_all(p, "address")
+    options.add(p, "actors", default=1, note="--engine ray; default: 1")
+    options.add(p, "actor_cpus", default=1.0, note="--engine ray; default: 1")
     p.set_defaults(func=_cmd_predict)
 
     c = sub.add_parser("check", help="do new images look like the artifact's validation images?",
@@ -38,6 +44,10 @@ def add_parsers(sub: Any) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    if args.output_format == "jsonl":
+        args.jsonl = True
+    if args.engine == "ray" or args.output_format == "parquet":
+        return _predict_on_ray(args)
     from edge_cls.data import iter_images, no_images_error
     from edge_cls.progress import progress
     from edge_cls.runtimes import load
@@ -71,6 +81,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"edge-cls: error: {r.error}", file=sys.stderr)
     if args.jsonl and failed:
         print(f"edge-cls: error: {failed} of {total} images could not be read (see their records)", file=sys.stderr)
+    return EXIT_ERROR if failed else 0
+
+
+def _predict_on_ray(args: argparse.Namespace) -> int:
+    from edge_cls.errors import ConfigError
+
+    if args.engine != "ray" or args.output_format != "parquet" or args.output is None:
+        raise ConfigError("scoring on Ray writes Parquet: give --engine ray --output-format parquet --output DIR")
+    if args.backend:
+        raise ConfigError("--backend is not supported with --engine ray: the artifact runs on its own backend")
+    from edge_cls.scale.ray_data import predict_to_parquet
+
+    rows, failed = predict_to_parquet(
+        args.artifact, args.images, args.output, address=args.address, recursive=args.recursive, k=args.topk,
+        actors=args.actors, actor_cpus=args.actor_cpus, batch_size=args.batch_size,
+        min_confidence=args.min_confidence, calibrated=not args.raw_scores)
+    print(f"edge-cls: {rows} records written to {args.output}", file=sys.stderr)
+    if failed:
+        print(f"edge-cls: error: {failed} of {rows} images could not be read (see their records)", file=sys.stderr)
     return EXIT_ERROR if failed else 0
 
 

@@ -1,16 +1,12 @@
-"""``edge-cls serve``: an artifact as a small HTTP service, on the standard library alone.
-
-    POST /predict[?k=5]   body: the image file (any Content-Type image/* or application/octet-stream),
-                          or a multipart/form-data upload with one file  -> {"predictions": [...]}
-    GET  /health          {"status": "ok", "queued": requests holding a place now}
-    GET  /info            the artifact: model, backend, precision that ran, labels, input, limits
+"""The HTTP layer of ``edge-cls serve``: ``http.server`` threads, routes, bodies, errors as JSON.
 
 Requests are read on ``http.server``'s threads and classified through one shared, thread-safe
-:class:`~edge_cls.runtimes.Classifier` and its :class:`~edge_cls.runtimes.Pipeline`, which decodes
-on worker threads while the backend runs. At most ``max_queue`` requests are admitted at a time
-(the rest get 503 at once), an upload over ``max_bytes`` gets 413 without being kept, and every
-error is one line of JSON. ``stop()`` (SIGTERM or SIGINT under the CLI) stops accepting, lets the
-requests in flight finish, then closes the classifier.
+:class:`~edge_cls.runtimes.Classifier`. At most ``max_queue`` requests are admitted at a time: the
+rest get 503 with ``Retry-After`` at once, before their body is used. Connections waiting to be
+accepted queue in the kernel (a listen backlog of :data:`LISTEN_BACKLOG`, not socketserver's 5),
+so a burst of clients is answered, never reset. An upload over ``max_bytes`` gets 413 without
+being kept, and every error is one line of JSON. ``stop()`` (SIGTERM or SIGINT under the CLI)
+stops accepting, lets the requests in flight finish, then closes the classifier.
 """
 
 from __future__ import annotations
@@ -19,7 +15,7 @@ import contextlib
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesParser
 from email.policy import HTTP
 from http import HTTPStatus
@@ -30,83 +26,21 @@ from urllib.parse import parse_qs, urlsplit
 from edge_cls.errors import ConfigError, EdgeClsError
 from edge_cls.predictions import check_k
 
+from .inference_protocol import InferenceProtocol
+from .service import ClassifierService, RequestError, ServeOptions
+
 if TYPE_CHECKING:
     from edge_cls.runtimes import Classifier
 
 logger = logging.getLogger(__name__)
 DRAIN_LIMIT = 64 * 2**20  # read and drop at most this much of a refused upload, so the client sees the answer
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeOptions:
-    """How the service listens and what it accepts."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000  # 0: any free port (see Server.url)
-    k: int = 5  # classes per answer unless the request asks ?k=
-    max_queue: int = 16  # requests admitted at once (running or waiting); more get 503
-    max_bytes: int = 10 * 2**20  # largest upload; larger get 413
-    workers: int | None = None  # decoding threads (default: up to 4, one per CPU)
-    timeout: float = 30.0  # seconds a client may take to send its request
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be in 0..65535, got {self.port}")
-        if self.k < 1 or self.max_queue < 1 or self.max_bytes < 1 or self.timeout <= 0:
-            raise ConfigError("k, max_queue, max_bytes and timeout must be positive")
-
-
-class RequestError(Exception):
-    """An HTTP answer other than 200: a status and a one-line message."""
-
-    def __init__(self, status: HTTPStatus, message: str, drain: int = 0) -> None:
-        super().__init__(message)
-        self.status, self.message, self.drain = status, message, drain
-
-
-class ClassifierService:
-    """What the HTTP layer calls: admission, classification, description. No sockets here."""
-
-    def __init__(self, classifier: Classifier, options: ServeOptions) -> None:
-        self.classifier = classifier
-        self.options = options
-        self.pipeline = classifier.pipeline(workers=options.workers, max_pending=options.max_queue)
-        self._admitted = threading.BoundedSemaphore(options.max_queue)
-        self._count_lock = threading.Lock()
-        self.queued = 0  # requests holding a place now (reported by /health)
-        self.stopping = False
-
-    def admit(self) -> bool:
-        """Take one of ``max_queue`` places, or say no at once."""
-        if self.stopping or not self._admitted.acquire(blocking=False):
-            return False
-        with self._count_lock:
-            self.queued += 1
-        return True
-
-    def leave(self) -> None:
-        with self._count_lock:
-            self.queued -= 1
-        self._admitted.release()
-
-    def classify(self, image: bytes, k: int) -> list[dict[str, Any]]:
-        [result] = self.pipeline.submit([image], k).result()
-        if result.error is not None:
-            raise RequestError(HTTPStatus.BAD_REQUEST, " ".join(str(result.error).split()))
-        return [p.to_dict() for p in result.predictions]
-
-    def info(self) -> dict[str, Any]:
-        m, clf = self.classifier.manifest, self.classifier
-        return {
-            "artifact": clf.path.name, "model": m.model_name, "task": m.task, "backend": m.backend,
-            "precision": m.precision, "runtime_precision": clf.precision, "device": clf.backend.device,
-            "input_shape": list(m.spec.input_shape), "preprocess": m.spec.to_dict(), "labels": m.labels,
-            "max_upload_bytes": self.options.max_bytes, "max_queue": self.options.max_queue, "k": self.options.k,
-        }
-
-    def close(self) -> None:
-        self.pipeline.close()
-        self.classifier.close()
+# Connections the kernel holds until the server accepts them. socketserver's default of 5 overflows
+# under a burst (64 clients: 50 of 768 requests reset); a waiting connection costs only kernel memory,
+# and Linux caps the value at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+RETRY_AFTER_S = 1
+HANDLER_THREADS = 256  # connections handled at once; more wait (accepted) for a thread, none is refused
+PROTOCOL_PREFIX = "/v2"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -118,51 +52,90 @@ class _Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.service.options.timeout  # a slow or silent client cannot hold a thread
         super().setup()
 
+    @property
+    def _oip(self) -> bool:
+        return urlsplit(self.path).path.startswith(PROTOCOL_PREFIX)
+
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
-        if path == "/health":
-            stopping = self.server.service.stopping
-            self._json(HTTPStatus.SERVICE_UNAVAILABLE if stopping else HTTPStatus.OK,
-                       {"status": "stopping" if stopping else "ok", "queued": self.server.service.queued})
+        service = self.server.service
+        if path.startswith(PROTOCOL_PREFIX):
+            try:
+                self._json(*self.server.protocol.get(path))
+            except RequestError as e:
+                self._error(e.status, e.message)
+        elif path == "/health":
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE if service.stopping else HTTPStatus.OK,
+                       {"status": "stopping" if service.stopping else "ok", "queued": service.queued})
         elif path == "/info":
-            self._json(HTTPStatus.OK, self.server.service.info())
+            self._json(HTTPStatus.OK, service.info())
         elif path == "/predict":
             self._error(HTTPStatus.METHOD_NOT_ALLOWED, "POST the image to /predict")
         else:
-            self._error(HTTPStatus.NOT_FOUND, f"no endpoint {path}: use POST /predict, GET /health or GET /info")
+            self._error(HTTPStatus.NOT_FOUND, f"no endpoint {path}: use POST /predict, GET /health, GET /info, "
+                        "or the Open Inference Protocol under /v2")
 
     def do_POST(self) -> None:
         url = urlsplit(self.path)
-        if url.path != "/predict":
-            self._error(HTTPStatus.NOT_FOUND, f"no endpoint {url.path}: POST images to /predict", self._length())
-            return
         service = self.server.service
+        try:
+            answer = self._route_post(url.path)
+        except RequestError as e:
+            self._error(e.status, e.message, self._length() if e.drain is None else e.drain)
+            return
         if not service.admit():
-            self._error(HTTPStatus.SERVICE_UNAVAILABLE,
-                        f"busy: {service.options.max_queue} requests are already queued; retry shortly",
-                        self._length(), retry_after=1)
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, service.busy_message(), self._length(),
+                        retry_after=RETRY_AFTER_S)
             return
         # The place is given back before the answer is written: a client that sends its next request
         # as soon as it reads this answer must find the place free.
         try:
-            k = _query_k(url.query, service.options.k)
-            image = self._read_image(service.options.max_bytes)
-            predictions = service.classify(image, k)
+            status, headers, body = answer(url.query)
         except RequestError as e:
             service.leave()
             self._error(e.status, e.message, e.drain)
         except EdgeClsError as e:  # the classifier closed under a shutdown
             service.leave()
-            self._error(HTTPStatus.SERVICE_UNAVAILABLE, " ".join(str(e).split()))
+            self._error(HTTPStatus.SERVICE_UNAVAILABLE, " ".join(str(e).split()), retry_after=RETRY_AFTER_S)
         except Exception as e:  # a bug: logged with its traceback here, one line to the client
             service.leave()
             logger.exception("request failed")
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(e).__name__}")
         else:
             service.leave()
-            self._json(HTTPStatus.OK, {"predictions": predictions})
+            self._send(status, body, headers)
 
-    def _read_image(self, max_bytes: int) -> bytes:
+    def _route_post(self, path: str) -> Any:
+        """What answers a POST to ``path`` (a RequestError for no such endpoint), chosen before admission."""
+        if path == "/predict":
+            return self._predict
+        if path.startswith(PROTOCOL_PREFIX):
+            model, action = self.server.protocol.model_for(path)
+            if action != "infer":
+                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"POST inference requests to {path}/infer",
+                                   drain=None)
+            return lambda _query: self._infer(model)
+        raise RequestError(HTTPStatus.NOT_FOUND, f"no endpoint {path}: POST images to /predict, or an inference "
+                           "request to /v2/models/{model}/infer", drain=None)
+
+    def _predict(self, query: str) -> tuple[HTTPStatus, dict[str, str], bytes]:
+        service = self.server.service
+        k = _query_k(query, service.options.k)
+        image = self._read_image(service.options.max_bytes)
+        body = json.dumps({"predictions": service.classify(image, k)}).encode()
+        return HTTPStatus.OK, {"Content-Type": "application/json"}, body
+
+    def _infer(self, model: Any) -> tuple[HTTPStatus, dict[str, str], bytes]:
+        encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                               f"Content-Encoding {encoding} is not supported: send the request uncompressed",
+                               drain=self._length())
+        body = self._read_body(self.server.service.options.max_bytes)
+        headers, answer = self.server.protocol.infer(model, self.headers, body)
+        return HTTPStatus.OK, headers, answer
+
+    def _read_body(self, max_bytes: int) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             raise RequestError(HTTPStatus.LENGTH_REQUIRED, "send the upload with a Content-Length, not chunked")
         length = self._length()
@@ -171,16 +144,24 @@ class _Handler(BaseHTTPRequestHandler):
         if length > max_bytes:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                                f"upload of {length} bytes is over the limit of {max_bytes} bytes", drain=length)
+        body = self.rfile.read(length)
+        if len(body) < length:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"upload ended after {len(body)} of {length} bytes")
+        return body
+
+    def _read_image(self, max_bytes: int) -> bytes:
         kind = self.headers.get_content_type() if "Content-Type" in self.headers else "application/octet-stream"
         # curl --data-binary sends x-www-form-urlencoded unless told otherwise: its body is the file all the same.
         raw = ("application/octet-stream", "application/x-www-form-urlencoded")
         if not (kind.startswith("image/") or kind in raw or kind == "multipart/form-data"):
+            length = self._length()
+            if length is not None and length > max_bytes:
+                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                                   f"upload of {length} bytes is over the limit of {max_bytes} bytes", drain=length)
             raise RequestError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
                                f"Content-Type {kind} is not an image: send image/* or application/octet-stream bytes "
                                "or a multipart/form-data file", drain=length)
-        body = self.rfile.read(length)
-        if len(body) < length:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"upload ended after {len(body)} of {length} bytes")
+        body = self._read_body(max_bytes)
         if not body:
             raise RequestError(HTTPStatus.BAD_REQUEST, "empty upload: send the image file as the request body")
         return _multipart_file(self.headers["Content-Type"], body) if kind == "multipart/form-data" else body
@@ -204,20 +185,22 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _json(self, status: HTTPStatus, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(payload).encode()
+    def _send(self, status: HTTPStatus, body: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
+    def _json(self, status: HTTPStatus, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
+
     def _error(self, status: HTTPStatus, message: str, drain: int | None = 0, retry_after: int | None = None) -> None:
+        """One line of JSON: ``{"error", "status"}``, or the protocol's ``{"error"}`` under /v2."""
         self._drain(drain)
         headers = {"Retry-After": str(retry_after)} if retry_after else None
-        self._json(status, {"error": message, "status": int(status)}, headers)
+        self._json(status, {"error": message} if self._oip else {"error": message, "status": int(status)}, headers)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (a malformed request line, an unknown method) as JSON too."""
@@ -230,13 +213,36 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = False  # server_close() joins the request threads: requests in flight finish
-    block_on_close = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, address: tuple[str, int], service: ClassifierService) -> None:
         self.service = service
+        self.protocol = InferenceProtocol(service)
+        # Connections are handed to reused threads: socketserver starts a new thread per connection and
+        # waits for it to run, which under load (every thread wanting the GIL) made the accept loop, and
+        # so every refusal behind it, hundreds of ms late.
+        self._handlers = ThreadPoolExecutor(HANDLER_THREADS, thread_name_prefix="edge-cls-http")
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self._handlers.submit(self.process_request_thread, request, client_address)
+
+    def server_close(self) -> None:
+        """Stop listening, then wait for the connections already accepted: requests in flight finish."""
+        super().server_close()
+        self._handlers.shutdown(wait=True)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that left before its answer is no error of ours; anything else is logged once,
+        through logging (socketserver would print a traceback to stderr)."""
+        import sys
+
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            logger.debug("client %s left before its answer (%s)", client_address, error)
+        else:
+            logger.exception("request from %s failed", client_address)
 
 
 class Server:
