@@ -18,6 +18,7 @@ _LAZY = {
     "SearchSettings": "artifacts",
     "export_artifacts": "artifacts",
     "tool_versions": "artifacts",
+    "EmbeddingSettings": "embeddings",
 }
 
 

@@ -30,6 +30,7 @@ from edge_cls.errors import ArtifactError, ConfigError, ExportError
 from edge_cls.measure.timing import round_robin
 from edge_cls.preprocess import PreprocessSpec
 
+from .embeddings import EmbeddingPlan, EmbeddingSettings, add_embeddings, plan_embeddings
 from .formats import FORMATS, BuildJob, ExportTarget
 from .publish import OWNER_FILE, WORK_PREFIX, publish_all, refuse_foreign_destinations, remove_abandoned_work
 from .recipes import Recipe, candidates
@@ -123,12 +124,16 @@ def export_artifacts(
     onnx_exporter: str = "dynamo",
     search: SearchSettings | None = None,
     taxonomy: Any = None,
+    embeddings: EmbeddingSettings | None = EmbeddingSettings(),  # noqa: B008 - frozen, so safe to share
+    min_precision: float | None = None,
 ) -> list[ExportedArtifact]:
     """Build, measure and choose every target; publish them together under ``out_dir``.
 
     An explicit precision ships as ``<format>-<precision>/``, ``auto`` as ``<format>/``. Each
     shipped artifact gets its own calibration fitted on the labelled check images (a temperature,
-    or per-class thresholds for multi-label models) and, with ``taxonomy``, the class hierarchy.
+    or per-class thresholds for multi-label models: F1-optimal, or the lowest reaching ``min_precision``)
+    and, with ``taxonomy``, the class hierarchy. With ``embeddings`` (the default) every artifact has a
+    second output, its embeddings (:mod:`edge_cls.export.embeddings`).
     """
     from .onnx_export import export_onnx
 
@@ -144,10 +149,13 @@ def export_artifacts(
     try:
         source = work / "model.onnx"
         started = time.perf_counter()
-        export_onnx(model, spec, labels, source, exporter=onnx_exporter)
+        plan = plan_embeddings(model, reference.batch, calibration.array if calibration else None, embeddings)
+        export_onnx(plan.model if plan else model, spec, labels, source, exporter=onnx_exporter,
+                    extra_outputs=plan.outputs if plan else ())
         logger.info("exported ONNX in %.1fs", time.perf_counter() - started)
         context = _Context(source=source, work=work, spec=spec, labels=list(labels), task=task, model_name=model_name,
-                           reference=reference, calibration=calibration, search=search, taxonomy=taxonomy)
+                           reference=reference, calibration=calibration, search=search, taxonomy=taxonomy,
+                           embeddings=plan, min_precision=min_precision)
         results, publish = [], []
         for fmt, group in _by_format(targets).items():
             for artifact, staging in _export_format(context, fmt, group):
@@ -171,6 +179,8 @@ class _Context:
     calibration: CalibrationSet | None
     search: SearchSettings
     taxonomy: Any = None  # edge_cls.taxonomy.Taxonomy
+    embeddings: EmbeddingPlan | None = None
+    min_precision: float | None = None  # multi-label thresholds: the lowest reaching this precision
 
 
 def _by_format(targets: list[ExportTarget]) -> dict[str, list[ExportTarget]]:
@@ -375,13 +385,15 @@ def _finalize(ctx: _Context, chosen: _Candidate, target: ExportTarget, selection
                                    requested=target.precision)
     manifest.accepted_drop = selection.accepted_drop
     if chosen.logits is not None:
-        _calibrate(manifest, chosen.logits, ref)
+        _calibrate(manifest, chosen.logits, ref, ctx.min_precision)
     manifest.taxonomy = ctx.taxonomy.to_dict() if ctx.taxonomy is not None else None
+    if ctx.embeddings is not None:
+        add_embeddings(manifest, staging, chosen.classifier, ctx.embeddings, ref.batch, ref.name)
     manifest.save(staging)
     return staging
 
 
-def _calibrate(manifest: Manifest, logits: np.ndarray, ref: ReferenceSet) -> None:
+def _calibrate(manifest: Manifest, logits: np.ndarray, ref: ReferenceSet, min_precision: float | None = None) -> None:
     """Fit the artifact's own calibration on the check images (held out from training and from
     calibration): a temperature for single-label models, a threshold per class for multi-label ones;
     and summarise its answers there, for drift checks on production data."""
@@ -392,8 +404,9 @@ def _calibrate(manifest: Manifest, logits: np.ndarray, ref: ReferenceSet) -> Non
     targets = ref.targets
     if manifest.task == "multi_label":
         if targets is not None and targets.ndim == 2:
-            manifest.calibration = {"method": "thresholds", "rule": "f1",
-                                    "thresholds": class_thresholds(logits, targets).tolist(),
+            thresholds = class_thresholds(logits, targets, precision=min_precision)
+            rule = "f1" if min_precision is None else f"precision>={min_precision:g}"
+            manifest.calibration = {"method": "thresholds", "rule": rule, "thresholds": thresholds.tolist(),
                                     "fitted_on": ref.name, "images": int(len(targets))}
         return
     temperature = 1.0

@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edge_cls.artifact.embeddings import ArtifactEmbeddings
 from edge_cls.artifact.integrity import ArtifactFiles
 from edge_cls.artifact.manifest import Manifest
-from edge_cls.errors import ConfigError, EdgeClsError
+from edge_cls.errors import ArtifactError, ConfigError, EdgeClsError
 from edge_cls.predictions import AnswerOptions, Decision, Prediction, decide
 from edge_cls.preprocess import ImageInput, PreprocessSpec
 
@@ -54,6 +55,11 @@ class Backend(ABC):
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Float32 batch in the spec's layout in, (batch, classes) float32 logits out. Thread-safe."""
+
+    def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        """Like :meth:`run`, but the model outputs named ``names`` (e.g. logits and embeddings), in that
+        order, from one inference. Thread-safe."""
+        raise ArtifactError(f"the {self.name} backend returns only the logits, not {', '.join(names)}")
 
     @property
     def precision(self) -> str:
@@ -114,11 +120,13 @@ class Classifier:
     it with an equivalent, faster implementation to measure or use one.
     """
 
-    def __init__(self, backend: Backend, manifest: Manifest, path: Path) -> None:
+    def __init__(self, backend: Backend, manifest: Manifest, path: Path, *,
+                 embeddings: ArtifactEmbeddings | None = None) -> None:
         self._backend: Backend | None = backend
         self._backend_name = backend.name
         self.manifest = manifest
         self.path = path
+        self.embedding_space = embeddings  # None: the artifact has no embeddings output
         self.preprocess: Callable[[ImageInput], np.ndarray] = manifest.spec
         self.decision = decision_for(manifest)
         self._state = threading.Condition()
@@ -153,6 +161,36 @@ class Classifier:
 
         Batches larger than ``chunk`` run in pieces, so a whole test split can be passed at once.
         """
+        batch = self._checked(batch)
+        with self._running() as backend:
+            if len(batch) <= chunk:
+                return backend.run(np.ascontiguousarray(batch))
+            return np.concatenate(
+                [backend.run(np.ascontiguousarray(batch[i : i + chunk])) for i in range(0, len(batch), chunk)]
+            )
+
+    def logits_and_embeddings(self, batch: np.ndarray, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embedding vectors of a preprocessed batch, from one inference per chunk.
+
+        The vectors are the artifact's embeddings output made what its manifest promises (normalised,
+        reduced to its stored PCA basis: see :mod:`edge_cls.artifact.embeddings`). An artifact built
+        without embeddings raises :class:`ConfigError`.
+        """
+        space = self.embedding_space
+        if space is None:
+            raise ConfigError(f"{self.path} has no embeddings output: rebuild it with this edge-cls (embeddings on)")
+        batch = self._checked(batch)
+        names = (self.manifest.output_name, space.output)
+        with self._running() as backend:
+            parts = [backend.run_outputs(np.ascontiguousarray(batch[i : i + chunk]), names)
+                     for i in range(0, len(batch), chunk)] or [backend.run_outputs(batch, names)]
+        return np.concatenate([p[0] for p in parts]), space.vectors(np.concatenate([p[1] for p in parts]))
+
+    def embed(self, batch: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+        """The embedding vectors of a preprocessed batch (see :meth:`logits_and_embeddings`)."""
+        return self.logits_and_embeddings(batch, chunk=chunk)[1]
+
+    def _checked(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
         expected = self.spec.input_shape
         if batch.dtype != np.float32 or batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
@@ -160,12 +198,7 @@ class Classifier:
                 f"expected a float32 batch of shape (N, {', '.join(map(str, expected))}), got "
                 f"{batch.dtype} {tuple(batch.shape)}: preprocess images with the artifact's spec"
             )
-        with self._running() as backend:
-            if len(batch) <= chunk:
-                return backend.run(np.ascontiguousarray(batch))
-            return np.concatenate(
-                [backend.run(np.ascontiguousarray(batch[i : i + chunk])) for i in range(0, len(batch), chunk)]
-            )
+        return batch
 
     def predict(
         self,

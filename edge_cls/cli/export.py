@@ -32,7 +32,8 @@ def add_parser(sub: Any) -> None:
     options.add(e, "output", note="one sub-directory per artifact")
     options.add(e, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
     options.add(e, "precisions", default=["auto"], note="default: auto")
-    options.add_all(e, "max_drop", "accept_drop", "recipes", "taxonomy")
+    options.add_all(e, "max_drop", "accept_drop", "recipes", "taxonomy", "min_precision")
+    options.add(e, "embedding_dims", default=64, note="default: 64")
     e.set_defaults(func=run_export)
 
     z = sub.add_parser(
@@ -49,6 +50,8 @@ def add_parser(sub: Any) -> None:
     options.add(z, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
     options.add(z, "precisions", default=["auto"], note="default: auto")
     options.add_all(z, "max_drop", "accept_drop", "recipes", "taxonomy")
+    options.add(z, "embedding_dims", default="full", note="default: full, so that text queries compare with "
+                "CLIP's own image embeddings")
     z.set_defaults(func=run_zero_shot)
 
 
@@ -97,6 +100,7 @@ def _check_export_args(args: argparse.Namespace, resolve_targets: Any) -> list:
 def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec: Any, labels: list[str],
                        name: str) -> int:
     from edge_cls.export import AccuracyBar, SearchSettings, export_artifacts
+    from edge_cls.export.embeddings import embedding_settings
     from edge_cls.taxonomy import Taxonomy
 
     taxonomy = Taxonomy.from_file(args.taxonomy, labels) if args.taxonomy else None
@@ -107,7 +111,9 @@ def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec
                             only=tuple(args.recipes) if args.recipes else None)
     exported = export_artifacts(model, spec, labels, args.output, targets, reference=reference,
                                 calibration=calibration, model_name=name, search=search, taxonomy=taxonomy,
-                                task=getattr(args, "task", "single_label"))
+                                task=getattr(args, "task", "single_label"),
+                                embeddings=embedding_settings(args.embedding_dims),
+                                min_precision=getattr(args, "min_precision", None))
     for artifact in exported:
         m = artifact.manifest
         accuracy = f", top-1 {100 * m.accuracy['top1']:.1f}%" if m.accuracy else ""

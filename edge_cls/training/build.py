@@ -25,6 +25,7 @@ from edge_cls.calibration_data import CalibrationSet
 from edge_cls.data import Split, preprocess_split
 from edge_cls.export import AccuracyBar, ReferenceSet, SearchSettings, export_artifacts, resolve_targets, tool_versions
 from edge_cls.export.artifacts import ExportedArtifact
+from edge_cls.export.embeddings import embedding_settings
 from edge_cls.measure.latency import BenchResult, bench_artifact, measure
 from edge_cls.measure.machine import machine_description
 from edge_cls.measure.tables import markdown_table, search_markdown, text_table
@@ -86,6 +87,7 @@ def _export(config: BuildConfig, outcome: DistillOutcome, targets: list) -> list
         calibration=calibration, model_name=config.student, onnx_exporter=config.onnx_exporter,
         task="multi_label" if outcome.multi_label else "single_label", search=search,
         taxonomy=Taxonomy.from_file(config.taxonomy, outcome.classes) if config.taxonomy else None,
+        embeddings=embedding_settings(config.embedding_dims), min_precision=config.min_precision,
     )
 
 
