@@ -30,6 +30,7 @@ DEVICE_CORE = {
     "edge_cls", "edge_cls.errors", "edge_cls._fileio", "edge_cls.backends", "edge_cls.predictions",
     "edge_cls.taxonomy", "edge_cls.preprocess", "edge_cls.preprocess._decode", "edge_cls.preprocess._resize",
     "edge_cls.artifact", "edge_cls.artifact.manifest", "edge_cls.artifact.schema", "edge_cls.artifact.integrity",
+    "edge_cls.artifact.embeddings",
     "edge_cls.serve", "edge_cls.runtimes", "edge_cls.runtimes.base", "edge_cls.runtimes.streaming",
     "edge_cls.runtimes.pool",
 }

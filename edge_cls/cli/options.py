@@ -349,6 +349,16 @@ VOCABULARY: dict[str, Flag] = {
     "min_precision": Flag(("--min-precision",), "multi-label: each class's decision threshold is the lowest whose "
                           "precision on the check images reaches P (default: the F1-optimal threshold)",
                           kwargs=PROBABILITY),
+    "groups": Flag(("--groups",), "levels of the suggested class tree, each a number of groups, finer first "
+                   "(default: half the classes)", kwargs={"type": COUNT, "nargs": "+", "metavar": "N"}),
+    "artifact": Flag(("--artifact",), "an artifact directory (holds manifest.json)",
+                     kwargs={"type": Path, "metavar": "DIR"}),
+    "like": Flag(("--like",), "find images like this indexed image (its path as indexed)", kwargs={"metavar": "PATH"}),
+    "text": Flag(("--text",), "find images matching this text (zero-shot artifacts: CLIP's text tower runs here, "
+                 "on the indexing host)", kwargs={"metavar": "TEXT"}),
+    "min_score": Flag(("--min-score",), "keep only images whose calibrated score for LABEL is at least P "
+                      "(repeatable)", kwargs={"action": "append", "metavar": "LABEL=P"}),
+    "limit": Flag(("--limit",), "how many results", kwargs={"type": COUNT}),
     "recursive": Flag(("-r", "--recursive"), "look for images in sub-folders of the folders given",
                       kwargs={"action": "store_true"}),
     "cold_start": Flag(

@@ -31,6 +31,7 @@ from edge_cls.measure.machine import machine_description
 from edge_cls.measure.tables import markdown_table, search_markdown, text_table
 from edge_cls.quality.confidence_report import confidence_section
 from edge_cls.quality.plots import plot_accuracy_latency
+from edge_cls.quality.taxonomy_suggest import build_report_section
 from edge_cls.taxonomy import Taxonomy
 from edge_cls.training.config import BuildConfig
 from edge_cls.training.distill import DistillOutcome, StageClock, run_distill
@@ -62,6 +63,7 @@ def build(config: BuildConfig) -> BuildResult | None:
     clock.lap("benchmark")
     test_batch, test_targets = preprocess_split(outcome.splits["test"], outcome.student.spec)
     confidence = confidence_section(Path(config.out_dir), [a.path for a in exported], test_batch, test_targets)
+    confidence += build_report_section(out, exported[0].path, outcome.splits) if exported else []
     teacher = outcome.teacher
     teacher_source = (f"loaded from `{config.teacher_weights}`" if teacher.seconds == 0 and config.teacher_weights
                       else f"trained here for {config.teacher_train.epochs} epochs")
