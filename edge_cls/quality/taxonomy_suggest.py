@@ -237,8 +237,11 @@ def write_taxonomy(path: Path, mapping: dict[str, str | None]) -> Path:
 def build_report_section(out_dir: Path, artifact: Path, splits: dict[str, Any]) -> list[str]:
     """The build report's suggested tree: merges fitted on the validation split with the first shipped
     artifact, judged on the test split; writes ``<out_dir>/suggested_taxonomy.yaml``."""
+    import time
+
     from edge_cls.runtimes import load
 
+    started = time.perf_counter()
     with load(artifact) as classifier:
         if classifier.manifest.task != "single_label":
             return []
@@ -252,6 +255,7 @@ def build_report_section(out_dir: Path, artifact: Path, splits: dict[str, Any]) 
         return []
     groups = default_groups(len(labels))
     path = write_taxonomy(out_dir / "suggested_taxonomy.yaml", suggestion.taxonomy([groups]))
+    logging.getLogger(__name__).info("suggested taxonomy: %d groups, %.1fs", groups, time.perf_counter() - started)
     return ["## Suggested coarser classes", "",
             f"The classes `{artifact.name}` confuses most on the validation split, merged step by step "
             "(agglomerative, average linkage on the symmetric soft confusion); top-1 over groups on both splits, "
