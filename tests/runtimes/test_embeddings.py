@@ -140,3 +140,21 @@ def test_predict_jsonl_embeddings_match_pytorch(name, artifacts, bf16_artifact, 
         expected = clf.embedding_space.vectors(torch_embeddings(test_images))
         precision = clf.manifest.precision
     assert meets_bar(cosines(got, expected), precision), (name, cosines(got, expected).min())
+
+
+@pytest.mark.parametrize("name", ["onnx-fp32", "openvino-int8"])
+def test_threads_get_exactly_the_single_thread_vectors(name, artifacts, test_images):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edge_cls.runtimes import load
+
+    with load(artifacts[name]) as clf:
+        inputs = np.stack([clf.spec(p) for p in test_images])
+        reference = [clf.embed(inputs[i:i + 1]) for i in range(len(inputs))]
+
+        def work(thread: int) -> int:
+            return sum(not np.array_equal(clf.embed(inputs[(thread + c) % len(inputs)][None]),
+                                          reference[(thread + c) % len(inputs)]) for c in range(50))
+
+        with ThreadPoolExecutor(4) as pool:
+            assert sum(pool.map(work, range(4))) == 0
