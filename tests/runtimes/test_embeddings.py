@@ -158,3 +158,28 @@ def test_threads_get_exactly_the_single_thread_vectors(name, artifacts, test_ima
 
         with ThreadPoolExecutor(4) as pool:
             assert sum(pool.map(work, range(4))) == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    (np.zeros((3, 5), np.float32), "basis; the manifest says"),
+    (np.array([{"a": 1}], dtype=object), "not a readable .npy"),
+    (np.full((70, 256), np.nan, np.float32), "finite"),
+])
+def test_a_bad_basis_file_is_refused_at_load(artifact_copy, content, message):
+    """Even with a manifest rewritten to match (no key): the basis is read from checked bytes, without pickle,
+    and its shape and values are checked before any vector is made."""
+    import io
+
+    from edge_cls.artifact.manifest import describe_files, load_manifest
+    from edge_cls.errors import ArtifactError
+    from edge_cls.runtimes import load
+
+    path = artifact_copy("onnx-fp32")
+    buffer = io.BytesIO()
+    np.save(buffer, content, allow_pickle=True)
+    (path / "embeddings_basis.npy").write_bytes(buffer.getvalue())
+    manifest = load_manifest(path, verify=False)
+    manifest.files = describe_files(path, [f.path for f in manifest.files])
+    manifest.save(path)
+    with pytest.raises(ArtifactError, match=message):
+        load(path)
