@@ -104,10 +104,12 @@ def _cmd_check(args: argparse.Namespace) -> int:
     backend = {"backend": args.backend} if args.backend else {}
     with load(args.artifact, **backend) as classifier:
         m = classifier.manifest
-        if m.task != "single_label" or m.summary is None:
+        if (m.task != "single_label" or m.summary is None) and classifier.embedding_space is None:
             raise ConfigError(f"{args.artifact} has no validation summary to compare with (multi-label, or built "
                               "before edge-cls stored one): rebuild it with edge-cls build or export")
         paths = image_files(args.images)
+        if m.task != "single_label" or m.summary is None:  # the embeddings alone: a multi-label artifact
+            return _features_only(classifier, paths, args.json)
         targets = folder_labels(Path(args.images), paths, m.labels)
         probabilities, vectors, kept = _classify_all(classifier, paths)
         if not probabilities:
@@ -123,6 +125,20 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print("\n".join(report.lines()))
+    return 0
+
+
+def _features_only(classifier: Any, paths: list[Path], as_json: bool) -> int:
+    """``check`` where only the embeddings can be compared (no single-label validation summary)."""
+    from edge_cls.errors import ConfigError
+    from edge_cls.quality.feature_drift import mmd_test
+
+    _, vectors, _ = _classify_all(classifier, paths)
+    if len(vectors) < 2:
+        raise ConfigError(f"fewer than 2 of the {len(paths)} images could be read: nothing to compare")
+    space = classifier.embedding_space
+    shift = mmd_test(space.reference, space.drift_features(np.stack(vectors)))
+    print(json.dumps({"feature_shift": shift.to_dict()}, indent=2) if as_json else f"feature shift:     {shift.line()}")
     return 0
 
 

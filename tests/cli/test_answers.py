@@ -170,3 +170,6 @@ def test_multi_label_artifacts_answer_with_their_per_class_thresholds(multilabel
             expected = {clf.labels[i] for i in range(12) if scores[i] >= thresholds[i]}
             labels = {p["label"] for p in item["predictions"]}
             assert labels == expected or (not expected and labels == {"unknown"})
+    checked = run("check", out / "artifacts" / "onnx", "--images", Path(images[0]).parent, "--json")
+    assert checked.returncode == 0, checked.stderr  # multi-label: the embeddings are what can be compared
+    assert set(json.loads(checked.stdout)["feature_shift"]) >= {"p_value", "statistic", "threshold", "flagged"}
