@@ -133,6 +133,7 @@ class AnswerOptions:
     min_confidence: float | None = None  # below it: an ancestor (with a taxonomy) or "unknown"
     calibrated: bool = True  # False: raw scores, ignoring the artifact's fitted temperature
     temperature: float | None = None  # override the artifact's temperature (None: the artifact's)
+    embeddings: bool = False  # also return each image's embedding vector (artifacts with an embeddings output)
 
     def __post_init__(self) -> None:
         check_k(self.k)

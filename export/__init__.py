@@ -20,6 +20,7 @@ _LAZY = {
     "SearchSettings": "candidates",
     "export_artifacts": "artifacts",
     "tool_versions": "candidates",
+    "EmbeddingSettings": "embeddings",
 }
 
 

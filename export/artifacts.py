@@ -45,6 +45,7 @@ from .candidates import (
     tool_versions,
 )
 from .crossfit import cross_fit
+from .embeddings import EmbeddingSettings, add_embeddings, plan_embeddings
 from .formats import FORMATS, ExportTarget
 from .publish import OWNER_FILE, WORK_PREFIX, publish_all, refuse_foreign_destinations, remove_abandoned_work
 from .recipes import candidates
@@ -81,6 +82,8 @@ def export_artifacts(
     taxonomy: Any = None,
     cross_fit: CrossFit | None = None,
     tuning: Any = None,
+    embeddings: EmbeddingSettings | None = EmbeddingSettings(),  # noqa: B008 - frozen, so safe to share
+    min_precision: float | None = None,
 ) -> list[ExportedArtifact]:
     """Build, measure and choose every target; publish them together under ``out_dir``.
 
@@ -89,12 +92,14 @@ def export_artifacts(
     or per-class thresholds for multi-label models) and, with ``taxonomy``, the class hierarchy.
     ``cross_fit``: the second fold when the check images are half of the calibration folder.
     ``tuning``: what quantization-aware distillation fine-tunes on (default: the calibration images).
+    Multi-label thresholds are F1-optimal, or the lowest reaching ``min_precision``. With ``embeddings``
+    (the default) every artifact has a second output, its embeddings (:mod:`edge_cls.export.embeddings`).
     """
     out_dir = Path(out_dir)
     refuse_foreign_destinations(out_dir, targets)
     with prepared(model, spec, labels, out_dir, targets, reference=reference, calibration=calibration,
                   model_name=model_name, task=task, onnx_exporter=onnx_exporter, search=search, taxonomy=taxonomy,
-                  cross_fit=cross_fit, tuning=tuning) as context:
+                  cross_fit=cross_fit, tuning=tuning, embeddings=embeddings, min_precision=min_precision) as context:
         results, publish = [], []
         for fmt, group in _by_format(targets).items():
             for artifact, staging in _export_format(context, fmt, group):
@@ -107,7 +112,8 @@ def export_artifacts(
 @contextmanager
 def prepared(model: torch.nn.Module, spec: PreprocessSpec, labels: list[str], out_dir: Path,
              targets: list[ExportTarget], *, reference: ReferenceSet, calibration: CalibrationSet | None,
-             search: SearchSettings | None, onnx_exporter: str = "dynamo", **context: Any) -> Iterator[ExportContext]:
+             search: SearchSettings | None, onnx_exporter: str = "dynamo", embeddings: EmbeddingSettings | None = None,
+             **context: Any) -> Iterator[ExportContext]:
     """A work directory inside ``out_dir`` (same file system: publishing renames), the FP32 ONNX graph
     exported into it once, and the context every candidate shares; the work is removed afterwards."""
     from .onnx_export import export_onnx
@@ -121,10 +127,13 @@ def prepared(model: torch.nn.Module, spec: PreprocessSpec, labels: list[str], ou
     try:
         source = work / "model.onnx"
         started = time.perf_counter()
-        export_onnx(model, spec, labels, source, exporter=onnx_exporter)
+        plan = plan_embeddings(model, reference.batch, calibration.array if calibration else None, embeddings)
+        export_onnx(plan.model if plan else model, spec, labels, source, exporter=onnx_exporter,
+                    extra_outputs=plan.outputs if plan else ())
         logger.info("exported ONNX in %.1fs", time.perf_counter() - started)
         yield ExportContext(source=source, work=work, spec=spec, labels=list(labels), reference=reference,
-                            calibration=calibration, search=search or SearchSettings(), model=model, **context)
+                            calibration=calibration, search=search or SearchSettings(), model=model,
+                            embeddings=plan, **context)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -207,16 +216,18 @@ def _finalize(ctx: ExportContext, chosen: Candidate, target: ExportTarget, selec
                                    cross_fitted=ctx.cross_fit is not None)
     manifest.accepted_drop = selection.accepted_drop
     if chosen.logits is not None:
-        _calibrate(manifest, chosen.logits, ref)
+        _calibrate(manifest, chosen.logits, ref, ctx.min_precision)
     manifest.taxonomy = ctx.taxonomy.to_dict() if ctx.taxonomy is not None else None
     from .preprocess_choice import choose_placement  # where preprocessing runs: host, or in the graph
 
     choose_placement(staging, manifest, chosen.recipe.format, ref.images, ctx.search.placement)
+    if ctx.embeddings is not None and chosen.recipe.distill is None:  # distillation exports the logits only
+        add_embeddings(manifest, staging, chosen.classifier, ctx.embeddings, ref.batch, ref.name)
     manifest.save(staging)
     return staging
 
 
-def _calibrate(manifest: Manifest, logits: np.ndarray, ref: ReferenceSet) -> None:
+def _calibrate(manifest: Manifest, logits: np.ndarray, ref: ReferenceSet, min_precision: float | None = None) -> None:
     """Fit the artifact's own calibration on the check images (held out from training and from
     calibration): a temperature for single-label models, a threshold per class for multi-label ones;
     and summarise its answers there, for drift checks on production data."""
@@ -227,8 +238,9 @@ def _calibrate(manifest: Manifest, logits: np.ndarray, ref: ReferenceSet) -> Non
     targets = ref.targets
     if manifest.task == "multi_label":
         if targets is not None and targets.ndim == 2:
-            manifest.calibration = {"method": "thresholds", "rule": "f1",
-                                    "thresholds": class_thresholds(logits, targets).tolist(),
+            thresholds = class_thresholds(logits, targets, precision=min_precision)
+            rule = "f1" if min_precision is None else f"precision>={min_precision:g}"
+            manifest.calibration = {"method": "thresholds", "rule": rule, "thresholds": thresholds.tolist(),
                                     "fitted_on": ref.name, "images": int(len(targets))}
         return
     temperature = 1.0

@@ -75,6 +75,8 @@ class ExportContext:
     model: Any = None  # the float PyTorch model (quantization-aware distillation fine-tunes a copy)
     tuning: Any = None  # edge_cls.export.qad.TuningData; None: the calibration images
     cross_fit: CrossFit | None = None
+    embeddings: Any = None  # edge_cls.export.embeddings.EmbeddingPlan: the second output every artifact carries
+    min_precision: float | None = None  # multi-label thresholds: the lowest reaching this precision
     deferred: bool = False  # building a candidate bundle: formats built on the device write their sources
     shared: dict[str, Any] = field(default_factory=dict)
 

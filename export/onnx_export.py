@@ -30,21 +30,24 @@ def export_onnx(
     *,
     input_name: str = "input",
     output_name: str = "logits",
+    extra_outputs: tuple[str, ...] = (),
     exporter: str = "dynamo",
 ) -> Path:
     """Export ``model`` to ``path``; ``exporter`` is ``dynamo`` (torch.export) or ``torchscript``.
+    A model that returns a tuple (logits, then e.g. embeddings) names its further outputs ``extra_outputs``.
 
     The example input has batch 2: a batch-1 example lets torch.export specialise the batch
     dimension to a constant.
     """
     model = model.eval()
+    outputs = [output_name, *extra_outputs]
     example = torch.zeros(2, *spec.input_shape)
     quiet = io.StringIO()
     try:
         with torch.no_grad(), contextlib.redirect_stdout(quiet):
             if exporter == "dynamo":
                 program = torch.onnx.export(
-                    model, (example,), None, dynamo=True, input_names=[input_name], output_names=[output_name],
+                    model, (example,), None, dynamo=True, input_names=[input_name], output_names=outputs,
                     dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=OPSET,
                     verbose=False,
                 )
@@ -52,8 +55,8 @@ def export_onnx(
             elif exporter == "torchscript":
                 buffer = io.BytesIO()
                 torch.onnx.export(
-                    model, (example,), buffer, dynamo=False, input_names=[input_name], output_names=[output_name],
-                    dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}}, opset_version=OPSET,
+                    model, (example,), buffer, dynamo=False, input_names=[input_name], output_names=outputs,
+                    dynamic_axes={name: {0: "batch"} for name in (input_name, *outputs)}, opset_version=OPSET,
                 )
                 proto = onnx.load_from_string(buffer.getvalue())
             else:
@@ -102,20 +105,21 @@ def _slim(proto: onnx.ModelProto, example: np.ndarray) -> onnx.ModelProto:
         logger.warning("onnxslim could not simplify the graph (%s); keeping it as exported", e)
         return proto
     before, after = _run(proto, example), _run(slimmed, example)
-    if after is None or before is None or not np.allclose(after, before, rtol=1e-4, atol=1e-4 * np.abs(before).max()):
+    if after is None or before is None or not all(
+            np.allclose(a, b, rtol=1e-4, atol=1e-4 * np.abs(b).max()) for a, b in zip(after, before)):
         logger.warning("onnxslim changed what the graph computes; keeping it as exported (unslimmed)")
         return proto
     return slimmed
 
 
-def _run(proto: onnx.ModelProto, batch: np.ndarray) -> np.ndarray | None:
+def _run(proto: onnx.ModelProto, batch: np.ndarray) -> list[np.ndarray] | None:
     import onnxruntime as ort
 
     try:
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return session.run(None, {session.get_inputs()[0].name: batch})[0]
+        return session.run(None, {session.get_inputs()[0].name: batch})
     except Exception:  # a graph ORT cannot run is no evidence either way
         return None
 

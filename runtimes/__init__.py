@@ -16,8 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from edge_cls.artifact.embeddings import ArtifactEmbeddings
 from edge_cls.artifact.integrity import ArtifactFiles
-from edge_cls.artifact.manifest import read_artifact
+from edge_cls.artifact.manifest import Manifest, read_artifact
 from edge_cls.backends import BACKENDS
 from edge_cls.errors import BackendUnavailableError, ConfigError
 
@@ -80,7 +81,18 @@ def load(
         )
     if throughput:
         options = {**cls.throughput_options, **options}
-    return Classifier(cls.open(files, manifest, **options), manifest, directory)
+    files, embeddings = embedding_files(manifest, files)
+    return Classifier(cls.open(files, manifest, **options), manifest, directory, embeddings=embeddings)
+
+
+def embedding_files(manifest: Manifest, files: ArtifactFiles) -> tuple[ArtifactFiles, ArtifactEmbeddings | None]:
+    """The files a backend loads (the model's own), and the artifact's embedding space read from the others."""
+    if manifest.embeddings is None:
+        return files, None
+    embeddings = ArtifactEmbeddings.from_artifact(manifest.embeddings, files)
+    side = {manifest.embeddings["basis"], manifest.embeddings["reference"]}
+    model_files = {name: files[name] for name in files if name not in side}
+    return ArtifactFiles(files.directory, files.model_file, model_files, verified=files.verified), embeddings
 
 
 __all__ = [

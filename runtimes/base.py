@@ -21,9 +21,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from edge_cls.artifact.embeddings import ArtifactEmbeddings
 from edge_cls.artifact.integrity import ArtifactFiles
 from edge_cls.artifact.manifest import Manifest
-from edge_cls.errors import ConfigError, EdgeClsError
+from edge_cls.errors import ArtifactError, ConfigError, EdgeClsError
 from edge_cls.predictions import AnswerOptions, Decision, Prediction, decide
 from edge_cls.preprocess import ImageInput, PreprocessSpec
 from edge_cls.preprocess.placement import preprocessor
@@ -65,6 +66,11 @@ class Backend(ABC):
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Float32 batch in the spec's layout in, (batch, classes) float32 logits out. Thread-safe."""
+
+    def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        """Like :meth:`run`, but the model outputs named ``names`` (e.g. logits and embeddings), in that
+        order, from one inference. Thread-safe."""
+        raise ArtifactError(f"the {self.name} backend returns only the logits, not {', '.join(names)}")
 
     @property
     def precision(self) -> str:
@@ -132,11 +138,13 @@ class Classifier:
     replace it with an equivalent, faster implementation to measure or use one.
     """
 
-    def __init__(self, backend: Backend, manifest: Manifest, path: Path) -> None:
+    def __init__(self, backend: Backend, manifest: Manifest, path: Path, *,
+                 embeddings: ArtifactEmbeddings | None = None) -> None:
         self._backend: Backend | None = backend
         self._backend_name = backend.name
         self.manifest = manifest
         self.path = path
+        self.embedding_space = embeddings  # None: the artifact has no embeddings output
         self.preprocess: Callable[[ImageInput], np.ndarray] = preprocessor(manifest.spec, manifest.placement)
         self.decision = decision_for(manifest)
         self._state = threading.Condition()
@@ -183,6 +191,29 @@ class Classifier:
             return np.concatenate(
                 [backend.run(np.ascontiguousarray(batch[i : i + chunk])) for i in range(0, len(batch), chunk)]
             )
+
+    def logits_and_embeddings(self, batch: np.ndarray, *, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and embedding vectors of a preprocessed batch, from one inference per chunk.
+
+        The vectors are the artifact's embeddings output made what its manifest promises (normalised,
+        reduced to its stored PCA basis: see :mod:`edge_cls.artifact.embeddings`). An artifact built
+        without embeddings raises :class:`ConfigError`.
+        """
+        space = self.embedding_space
+        if space is None:
+            raise ConfigError(f"{self.path} has no embeddings output: rebuild it with this edge-cls (embeddings on)")
+        batch = np.asarray(batch)
+        self._check_input(batch)
+        names = (self.manifest.output_name, space.output)
+        with self._running() as backend:
+            parts = [backend.run_outputs(np.ascontiguousarray(batch[i : i + chunk]), names)
+                     for i in range(0, len(batch), chunk)] or [backend.run_outputs(batch, names)]
+        return np.concatenate([p[0] for p in parts]), space.vectors(np.concatenate([p[1] for p in parts]))
+
+    def embed(self, batch: np.ndarray, *, chunk: int = 64) -> np.ndarray:
+        """The embedding vectors of a preprocessed batch (see :meth:`logits_and_embeddings`)."""
+        return self.logits_and_embeddings(batch, chunk=chunk)[1]
+
 
     def predict(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -90,6 +91,9 @@ class OnnxRuntimeBackend(Backend):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run([self._output_name], {self._input_name: batch})[0]
+
+    def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        return self._session.run(list(names), {self._input_name: batch})
 
     def close(self) -> None:
         self._session = None

@@ -8,6 +8,7 @@ otherwise, so the hint stored in the manifest (``f32`` for FP32 artifacts) is ap
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -96,6 +97,15 @@ class OpenVINOBackend(Backend):
             # overwritten by its next inference: copied once, here, before the request goes back.
             result = request.infer({0: batch}, share_inputs=True, share_outputs=True)
             return np.array(result[self._output], dtype=np.float32, copy=True)
+
+    def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        try:
+            outputs = [self._compiled.output(name) for name in names]  # by tensor name, as in the ONNX file
+        except RuntimeError as e:
+            raise ArtifactError(f"the OpenVINO model has no output named one of {list(names)} ({e})") from e
+        with self._requests.borrow() as request:
+            result = request.infer({0: batch}, share_inputs=True, share_outputs=True)
+            return [np.array(result[output], dtype=np.float32, copy=True) for output in outputs]
 
     def close(self) -> None:
         self._requests.close()

@@ -25,8 +25,11 @@ def artifact_identity(classifier: Classifier) -> dict[str, str]:
     file's sha256: one hash pins the whole artifact)."""
     digest = hashlib.sha256((Path(classifier.path) / MANIFEST_NAME).read_bytes()).hexdigest()
     m = classifier.manifest
-    return {"id": Path(classifier.path).name, "model": m.model_name, "precision": m.precision,
-            "recipe": m.recipe, "manifest_sha256": digest}
+    identity = {"id": Path(classifier.path).name, "model": m.model_name, "precision": m.precision,
+                "recipe": m.recipe, "manifest_sha256": digest}
+    if classifier.embedding_space is not None:  # vectors of artifacts that share it are comparable
+        identity["embedding_space"] = classifier.embedding_space.space
+    return identity
 
 
 def record(result: ImageResult, identity: dict[str, str]) -> dict[str, Any]:
@@ -42,13 +45,16 @@ def record(result: ImageResult, identity: dict[str, str]) -> dict[str, Any]:
     out["answer"] = None if answer is None else answer.label
     if answer is not None and answer.path:
         out["hierarchy"] = list(answer.path)
+    if result.embedding is not None:  # float32, written with the shortest text that reads back exactly
+        out["embedding"] = [float(str(value)) for value in result.embedding]
     return out
 
 
 def records(classifier: Classifier, images: Iterable[ImageInput], k: int = 5, *, batch_size: int = 8,
             workers: int | None = None, **answer_options: Any) -> Iterator[dict[str, Any]]:
     """Records for every image, streamed in input order (memory stays flat however many there are);
-    ``answer_options`` are the options of :meth:`Classifier.predict` (``min_confidence``, ...)."""
+    ``answer_options`` are the options of :meth:`Classifier.predict` (``min_confidence``, ...), and
+    ``embeddings=True`` adds each image's embedding vector (``embedding``)."""
     identity = artifact_identity(classifier)
     with classifier.predict_stream(images, k, batch_size=batch_size, workers=workers, **answer_options) as stream:
         for result in stream:

@@ -42,6 +42,7 @@ class ImageResult:
     source: str
     predictions: list[Prediction]
     error: EdgeClsError | None = None
+    embedding: np.ndarray | None = None  # the artifact's embedding vector, when asked for (``embeddings=True``)
 
     @property
     def ok(self) -> bool:
@@ -112,9 +113,13 @@ def finish_chunk(classifier: Classifier, chunk: PreprocessedChunk, options: Answ
     """Run the backend on a preprocessed chunk (its failures propagate) and pair predictions with images."""
     results: list[ImageResult | None] = [None] * len(chunk.sources)
     if chunk.tensors is not None:
-        predictions = classifier.answers(classifier.logits(chunk.tensors), options)
-        for position, preds in zip(chunk.ok, predictions):
-            results[position] = ImageResult(chunk.sources[position], preds)
+        vectors: Sequence[np.ndarray | None] = [None] * len(chunk.ok)
+        if options.embeddings:
+            logits, vectors = classifier.logits_and_embeddings(chunk.tensors)
+        else:
+            logits = classifier.logits(chunk.tensors)
+        for position, preds, vector in zip(chunk.ok, classifier.answers(logits, options), vectors):
+            results[position] = ImageResult(chunk.sources[position], preds, embedding=vector)
     for position, error in chunk.errors.items():
         results[position] = ImageResult(chunk.sources[position], [], error)
     return results  # type: ignore[return-value]  # every position was filled

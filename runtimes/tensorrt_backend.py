@@ -11,6 +11,7 @@ once cost N times that.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ class TensorRTBackend(Backend):
         self._device_index = device
         self._slots: ResourcePool[_Slot] = ResourcePool(self._new_slot, self._free_slot)
         self.max_batch = int(engine.get_tensor_profile_shape(input_name, 0)[2][0])
+        self._outputs = _output_names(engine)  # TensorRT needs an address for each, fetched or not
         with self._slots.borrow():  # the first context now: a GPU out of memory fails at load, not at run
             pass
 
@@ -147,31 +149,50 @@ class TensorRTBackend(Backend):
         return pointer
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_outputs(batch, (self._output,))[0]
+
+    def run_outputs(self, batch: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        unknown = [name for name in names if name not in self._outputs]
+        if unknown:
+            raise ArtifactError(f"the TensorRT engine has no output {unknown[0]!r} (it has {', '.join(self._outputs)})")
         if len(batch) > self.max_batch:  # the engine's optimisation profile caps the batch
-            return np.concatenate([self.run(batch[i:i + self.max_batch]) for i in range(0, len(batch), self.max_batch)])
+            parts = [self.run_outputs(batch[i:i + self.max_batch], names) for i in range(0, len(batch), self.max_batch)]
+            return [np.concatenate([part[j] for part in parts]) for j in range(len(names))]
         _check(self._cudart.cudaSetDevice(self._device_index))  # the current device is per host thread
         with self._slots.borrow() as slot:
-            return self._run_on(slot, batch)
+            return self._run_on(slot, batch, names)
 
-    def _run_on(self, slot: _Slot, batch: np.ndarray) -> np.ndarray:
+    def _run_on(self, slot: _Slot, batch: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
         cudart, context = self._cudart, slot.context
         if not context.set_input_shape(self._input, tuple(batch.shape)):
             raise ConfigError(f"the TensorRT engine does not accept input shape {tuple(batch.shape)}")
-        output = np.empty(tuple(context.get_tensor_shape(self._output)), dtype=np.float32)
-        d_in, d_out = self._buffer(slot, self._input, batch.nbytes), self._buffer(slot, self._output, output.nbytes)
+        d_in = self._buffer(slot, self._input, batch.nbytes)
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         _check(cudart.cudaMemcpyAsync(d_in, batch.ctypes.data, batch.nbytes, h2d, slot.stream))
         context.set_tensor_address(self._input, d_in)
-        context.set_tensor_address(self._output, d_out)
+        hosts: dict[str, np.ndarray] = {}
+        for name in self._outputs:
+            host = np.empty(tuple(context.get_tensor_shape(name)), dtype=np.float32)
+            context.set_tensor_address(name, self._buffer(slot, name, host.nbytes))
+            if name in names:
+                hosts[name] = host
         if not context.execute_async_v3(int(slot.stream)):
             raise CudaError("TensorRT execution failed (see the TensorRT log above)")
-        _check(cudart.cudaMemcpyAsync(output.ctypes.data, d_out, output.nbytes, d2h, slot.stream))
+        for name, host in hosts.items():
+            _check(cudart.cudaMemcpyAsync(host.ctypes.data, slot.buffers[name][0], host.nbytes, d2h, slot.stream))
         _check(cudart.cudaStreamSynchronize(slot.stream))
-        return output
+        return [hosts[name] for name in names]
 
     def close(self) -> None:
         self._cudart.cudaSetDevice(self._device_index)  # the buffers and streams live on that device
         self._slots.close()
+
+
+def _output_names(engine: Any) -> tuple[str, ...]:
+    import tensorrt as trt
+
+    names = (engine.get_tensor_name(i) for i in range(engine.num_io_tensors))
+    return tuple(name for name in names if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT)
 
 
 @dataclass

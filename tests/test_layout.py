@@ -31,7 +31,7 @@ DEVICE_CORE = {
     "edge_cls.taxonomy", "edge_cls.preprocess", "edge_cls.preprocess._decode", "edge_cls.preprocess._resize",
     "edge_cls.preprocess._jpeg", "edge_cls.preprocess.placement",
     "edge_cls.artifact", "edge_cls.artifact.manifest", "edge_cls.artifact.schema", "edge_cls.artifact.integrity",
-    "edge_cls.artifact.signatures",
+    "edge_cls.artifact.signatures", "edge_cls.artifact.embeddings",
     "edge_cls.serve", "edge_cls.serve.server", "edge_cls.serve.service", "edge_cls.serve.inference_protocol",
     "edge_cls.runtimes", "edge_cls.runtimes.base", "edge_cls.runtimes.streaming",
     "edge_cls.runtimes.pool",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_cls._fileio import sha256_file, write_bytes_atomic, write_text_atomic
+from edge_cls.artifact.embeddings import read_embeddings
 from edge_cls.artifact.integrity import (
     KEY_SIGNATURE_NAME,
     MANIFEST_NAME,
@@ -64,7 +65,7 @@ from edge_cls.preprocess.placement import HOST_EXACT, Placement
 # - Anything edge-cls does not define goes under ``extensions`` ({"vendor.name": any JSON}), kept
 #   and never acted on. The manifest is hashed and signed whole, so every field is covered.
 SCHEMA_VERSION = 1
-SCHEMA_MINOR = 2  # 1.1: schema_minor and extensions; 1.2: device (edge-cls choose), preprocess_placement
+SCHEMA_MINOR = 2  # 1.1: schema_minor and extensions; 1.2: device (edge-cls choose), preprocess_placement, embeddings
 FORMAT_NAME = "edge-cls-artifact"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -102,6 +103,7 @@ class Manifest:
     calibration: dict[str, Any] | None = None  # fitted temperature, or per-class thresholds (multi-label)
     taxonomy: dict[str, str | None] | None = None  # parent of every class (and inner node): answers roll up
     summary: dict[str, Any] | None = None  # answers on the validation split, for ``edge-cls check``
+    embeddings: dict[str, Any] | None = None  # the second output: see edge_cls.artifact.embeddings (1.2)
     tools: dict[str, str] = field(default_factory=dict)
     device: dict[str, str] | None = None  # the device `edge-cls choose` chose it on (CPU, instruction sets, OS)
     extensions: dict[str, Any] = field(default_factory=dict)  # {"vendor.name": any JSON}: kept, never acted on
@@ -123,6 +125,12 @@ class Manifest:
         return len(self.labels)
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._fields()
+        if self.embeddings is None:  # absent rather than null: a manifest without it reads as schema 1.1
+            del data["embeddings"]
+        return data
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
             "schema_version": self.schema_version,
@@ -147,6 +155,7 @@ class Manifest:
             "calibration": self.calibration,
             "taxonomy": self.taxonomy,
             "summary": self.summary,
+            "embeddings": self.embeddings,
             "tools": self.tools,
             "device": self.device,
             "extensions": self.extensions,
@@ -197,6 +206,7 @@ class Manifest:
             calibration=_read_calibration(top, len(labels)),
             taxonomy=_read_taxonomy(top, labels),
             summary=_read_summary(top, len(labels)),
+            embeddings=read_embeddings(top, {f.path for f in files}),
             tools=scalar_map(top, "tools", top.get("tools", dict), (str,)),
             device=_read_device(top),
             extensions=_read_extensions(top),
@@ -304,7 +314,7 @@ FIELDS_OF_MINOR = {  # the top-level fields each minor of schema 1 defines
         "model_name", "model_file", "input", "output", "preprocess", "labels", "files", "parity", "accuracy", "recipe",
         "search", "accepted_drop", "calibration", "taxonomy", "summary", "tools", "created_at"},
     1: {"schema_minor", "extensions"},
-    2: {"device", "preprocess_placement"},
+    2: {"device", "preprocess_placement", "embeddings"},
 }
 
 

@@ -1,6 +1,6 @@
-"""The ``edge-cls`` command line: build, distill, finetune-teacher, export, predict, bench, info.
+"""The ``edge-cls`` command line: build, distill, finetune-teacher, export, predict, bench, info, index, ...
 
-One module per group of commands (:mod:`.training`, :mod:`.export`, :mod:`.artifacts`), one
+One module per group of commands (:mod:`.training`, :mod:`.export`, :mod:`.artifacts`, :mod:`.organize`), one
 vocabulary of flags (:mod:`.options`). Heavy libraries are imported inside each command, so
 ``edge-cls --help`` is instant and ``predict``/``bench``/``info`` run with only a runtime
 installed. Errors print one line and exit non-zero; ``--debug`` shows the traceback.
@@ -107,11 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="more log output")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
-    from . import artifacts, export, training
+    from . import artifacts, export, organize, training
 
     training.add_parsers(sub)
     export.add_parser(sub)
     artifacts.add_parsers(sub)
+    organize.add_parsers(sub)
     return parser
 
 

@@ -213,6 +213,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         a = manifest.accuracy
         lines.append(f"accuracy:   top-1 {shown(a.get('top1'), '.1%')} on {a.get('images', '?')} "
                      f"{a.get('split', '?')} images")
+    if manifest.embeddings:
+        e = manifest.embeddings
+        lines.append(f"embeddings: {e.get('source')} {e.get('features')} -> {e.get('dims')} dims"
+                     f"{' (PCA)' if e.get('reduced') else ''}{', normalised' if e.get('normalized') else ''}, "
+                     f"min cosine with PyTorch {shown((e.get('parity') or {}).get('min_cosine'), '.5f')}")
     lines.append("tools:      " + ", ".join(f"{k} {v}" for k, v in manifest.tools.items()))
     if manifest.accepted_drop:
         lines.append("WARNING:    shipped although it missed the accuracy bar (--accept-drop)")

@@ -33,7 +33,8 @@ def add_parser(sub: Any) -> None:
     options.add(e, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
     options.add(e, "precisions", default=["auto"], note="default: auto")
     options.add_all(e, "max_drop", "min_agreement", "accept_drop", "recipes", "qad_seconds", "taxonomy",
-                    "defer_choice")
+                    "defer_choice", "min_precision")
+    options.add(e, "embedding_dims", default=64, note="default: 64")
     e.set_defaults(func=run_export)
 
     s = sub.add_parser(
@@ -62,6 +63,8 @@ def add_parser(sub: Any) -> None:
     options.add(z, "formats", default=["onnx", "openvino"], note="default: onnx openvino")
     options.add(z, "precisions", default=["auto"], note="default: auto")
     options.add_all(z, "max_drop", "min_agreement", "accept_drop", "recipes", "qad_seconds", "taxonomy")
+    options.add(z, "embedding_dims", default="full", note="default: full, so that text queries compare with "
+                "CLIP's own image embeddings")
     z.set_defaults(func=run_zero_shot)
 
 
@@ -131,6 +134,7 @@ def _check_image_folders(args: argparse.Namespace) -> None:
 def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec: Any, labels: list[str],
                        name: str) -> int:
     from edge_cls.export import AcceptanceRule, SearchSettings, export_artifacts
+    from edge_cls.export.embeddings import embedding_settings
     from edge_cls.quality.acceptance import DEFAULT_MAX_DROP
     from edge_cls.taxonomy import Taxonomy
 
@@ -142,7 +146,9 @@ def _export_and_report(args: argparse.Namespace, targets: list, model: Any, spec
     calibrate = any(t.needs_calibration for t in targets)
     calibration, reference, cross_fit = _calibration_and_check(args, model, spec, labels, calibrate=calibrate)
     common = dict(reference=reference, calibration=calibration, model_name=name, search=search, taxonomy=taxonomy,
-                  task=getattr(args, "task", "single_label"), cross_fit=cross_fit)
+                  task=getattr(args, "task", "single_label"), cross_fit=cross_fit,
+                  embeddings=embedding_settings(args.embedding_dims),
+                  min_precision=getattr(args, "min_precision", None))
     if getattr(args, "defer_choice", False):
         from edge_cls.artifact.bundle import bundle_bytes, read_bundle
         from edge_cls.export.bundle_writer import export_bundle

@@ -81,12 +81,18 @@ class _SizeAlias(argparse.Action):
         setattr(namespace, self.dest, values[0])
 
 
+def _dims(text: str) -> int | str:
+    """A count of dimensions, or 'full'."""
+    return text if text == "full" else _int_at_least(0, "--embedding-dims")(text)
+
+
 SIZE = _int_at_least(8, "an image size")
 COUNT = _int_at_least(1)
 NON_NEGATIVE = _int_at_least(0)
 FRACTION = _float_in(0.0, 1.0)
 NON_NEGATIVE_FLOAT = _float_in(0.0)
 BOOL = {"action": argparse.BooleanOptionalAction}
+PROBABILITY = {"type": FRACTION, "metavar": "P"}
 
 VOCABULARY: dict[str, Flag] = {
     # what to read and where to write
@@ -347,12 +353,33 @@ VOCABULARY: dict[str, Flag] = {
         ("--min-confidence",),
         "answer 'unknown' (or, with a taxonomy, the finest ancestor that clears it) when the top class's "
         "calibrated probability is below this",
-        kwargs={"type": _float_in(0.0, 1.0), "metavar": "P"},
+        kwargs=PROBABILITY,
     ),
     "raw_scores": Flag(("--raw-scores",), "scores before the artifact's calibration (default: calibrated)",
                        kwargs={"action": "store_true"}),
     "jsonl": Flag(("--jsonl",), "one JSON object per image per line, as results come (for pipelines)",
                   kwargs={"action": "store_true"}),
+    "embeddings": Flag(("--embeddings",), "add each image's embedding vector (the artifact's second output: "
+                       "normalised, reduced to its stored PCA basis) to the output", kwargs={"action": "store_true"}),
+    "embedding_dims": Flag(
+        ("--embedding-dims",),
+        "artifacts get an embeddings output (pooled features before the head; CLIP's image embedding for "
+        "zero-shot), reduced by PCA to N dimensions: 0 turns it off, 'full' keeps every feature",
+        kwargs={"type": _dims, "metavar": "N|full"},
+    ),
+    "min_precision": Flag(("--min-precision",), "multi-label: each class's decision threshold is the lowest whose "
+                          "precision on the check images reaches P (default: the F1-optimal threshold)",
+                          kwargs=PROBABILITY),
+    "groups": Flag(("--groups",), "levels of the suggested class tree, each a number of groups, finer first "
+                   "(default: half the classes)", kwargs={"type": COUNT, "nargs": "+", "metavar": "N"}),
+    "artifact": Flag(("--artifact",), "an artifact directory (holds manifest.json)",
+                     kwargs={"type": Path, "metavar": "DIR"}),
+    "like": Flag(("--like",), "find images like this indexed image (its path as indexed)", kwargs={"metavar": "PATH"}),
+    "text": Flag(("--text",), "find images matching this text (zero-shot artifacts: CLIP's text tower runs here, "
+                 "on the indexing host)", kwargs={"metavar": "TEXT"}),
+    "min_score": Flag(("--min-score",), "keep only images whose calibrated score for LABEL is at least P "
+                      "(repeatable)", kwargs={"action": "append", "metavar": "LABEL=P"}),
+    "limit": Flag(("--limit",), "how many results", kwargs={"type": COUNT}),
     "recursive": Flag(("-r", "--recursive"), "look for images in sub-folders of the folders given",
                       kwargs={"action": "store_true"}),
     "cold_start": Flag(

@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import options
 
 EXIT_ERROR = 1
@@ -23,7 +25,7 @@ def add_parsers(sub: Any) -> None:
     options.add_all(p, "min_confidence", "raw_scores", "recursive")
     options.add(p, "batch_size", default=8, note="default: 8")
     options.add(p, "workers", note="decoding threads; default: one per CPU, up to 4 (0: none)")
-    options.add_all(p, "backend", "json", "jsonl")
+    options.add_all(p, "backend", "json", "jsonl", "embeddings")
     options.add(p, "engine", default="local", note="default: local")
     options.add(p, "output_format")
     options.add(p, "output", note="with --output-format parquet: the directory of Parquet files")
@@ -36,7 +38,9 @@ def add_parsers(sub: Any) -> None:
                        description="Classify a folder of images and compare with the artifact's validation "
                        "figures: with labels (sub-folders named like the artifact's classes), top-1 and "
                        "calibration error; without, the shift of the confidence and of the predicted-class "
-                       "distributions (population stability index) and the classes whose share moved most.")
+                       "distributions (population stability index) and the classes whose share moved most; "
+                       "for artifacts with embeddings, a two-sample test (MMD, permutation p-value, flagged "
+                       "below 0.01) of the embedding distribution against the validation images'.")
     c.add_argument("artifact", type=Path, help="an artifact directory (holds manifest.json)")
     options.add(c, "images", note="required; searched with its sub-folders")
     options.add_all(c, "backend", "json")
@@ -53,7 +57,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from edge_cls.runtimes import load
     from edge_cls.runtimes.records import artifact_identity, record
 
-    answer_options = {"min_confidence": args.min_confidence, "calibrated": not args.raw_scores}
+    answer_options = {"min_confidence": args.min_confidence, "calibrated": not args.raw_scores,
+                      "embeddings": args.embeddings}
     failed = total = 0
     backend = {"backend": args.backend} if args.backend else {}
     with load(args.artifact, throughput=args.workers != 0, **backend) as classifier:
@@ -107,7 +112,8 @@ def _print_results(results: list, as_json: bool) -> None:
     if as_json:
         print(json.dumps([
             {"image": r.source, "predictions": [p.to_dict() for p in r.predictions],
-             **({"error": str(r.error)} if r.error else {})} for r in results
+             **({"error": str(r.error)} if r.error else {}),
+             **({"embedding": r.embedding.tolist()} if r.embedding is not None else {})} for r in results
         ], indent=2))
         return
     for r in results:
@@ -116,8 +122,6 @@ def _print_results(results: list, as_json: bool) -> None:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from edge_cls.calibration_data import folder_labels
     from edge_cls.data import image_files
     from edge_cls.errors import ConfigError
@@ -129,26 +133,57 @@ def _cmd_check(args: argparse.Namespace) -> int:
     backend = {"backend": args.backend} if args.backend else {}
     with load(args.artifact, **backend) as classifier:
         m = classifier.manifest
-        if m.task != "single_label" or m.summary is None:
+        if (m.task != "single_label" or m.summary is None) and classifier.embedding_space is None:
             raise ConfigError(f"{args.artifact} has no validation summary to compare with (multi-label, or built "
                               "before edge-cls stored one): rebuild it with edge-cls build or export")
         paths = image_files(args.images)
+        if m.task != "single_label" or m.summary is None:  # the embeddings alone: a multi-label artifact
+            return _features_only(classifier, paths, args.json)
         targets = folder_labels(Path(args.images), paths, m.labels)
-        probabilities, kept = [], []
-        with classifier.predict_stream([str(p) for p in paths], k=len(m.labels)) as stream:
-            for i, result in enumerate(stream):
-                if result.ok:
-                    scores = np.zeros(len(m.labels))
-                    for p in result.predictions:
-                        scores[p.index] = p.score
-                    probabilities.append(scores)
-                    kept.append(i)
+        probabilities, vectors, kept = _classify_all(classifier, paths)
         if not probabilities:
             raise ConfigError(f"none of the {len(paths)} images in {args.images} could be read")
         report = compare(m.summary, np.stack(probabilities), m.labels,
                          None if targets is None else targets[kept])
+        space = classifier.embedding_space
+        if space is not None and len(vectors) >= 2:
+            from edge_cls.quality.feature_drift import mmd_test
+
+            report.features = mmd_test(space.reference, space.drift_features(np.stack(vectors)))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print("\n".join(report.lines()))
     return 0
+
+
+def _features_only(classifier: Any, paths: list[Path], as_json: bool) -> int:
+    """``check`` where only the embeddings can be compared (no single-label validation summary)."""
+    from edge_cls.errors import ConfigError
+    from edge_cls.quality.feature_drift import mmd_test
+
+    _, vectors, _ = _classify_all(classifier, paths)
+    if len(vectors) < 2:
+        raise ConfigError(f"fewer than 2 of the {len(paths)} images could be read: nothing to compare")
+    space = classifier.embedding_space
+    shift = mmd_test(space.reference, space.drift_features(np.stack(vectors)))
+    print(json.dumps({"feature_shift": shift.to_dict()}, indent=2) if as_json else f"feature shift:     {shift.line()}")
+    return 0
+
+
+def _classify_all(classifier: Any, paths: list[Path]) -> tuple[list[Any], list[Any], list[int]]:
+    """Every class's calibrated probability and (with embeddings) the vector of each readable image."""
+    labels = classifier.manifest.labels
+    probabilities, vectors, kept = [], [], []
+    embeddings = classifier.embedding_space is not None
+    with classifier.predict_stream([str(p) for p in paths], k=len(labels), embeddings=embeddings) as stream:
+        for i, result in enumerate(stream):
+            if result.ok:
+                scores = np.zeros(len(labels))
+                for p in result.predictions:
+                    scores[p.index] = p.score
+                probabilities.append(scores)
+                kept.append(i)
+                if result.embedding is not None:
+                    vectors.append(result.embedding)
+    return probabilities, vectors, kept

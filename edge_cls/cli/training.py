@@ -44,7 +44,7 @@ def add_parsers(sub: Any) -> None:
     options.add(b, "formats", note="default: onnx openvino")
     options.add(b, "precisions", note="default: auto")
     options.add_all(b, "max_drop", "accept_drop", "recipes", "qad_seconds", "calibration_size", "calib_augment",
-                    "taxonomy", "bench_iterations", "defer_choice")
+                    "taxonomy", "embedding_dims", "min_precision", "bench_iterations", "defer_choice")
     b.set_defaults(func=_cmd_build)
 
     d = sub.add_parser("distill", help="teacher -> student distillation with evaluation, no export",
@@ -116,7 +116,8 @@ def resolve_build_config(args: argparse.Namespace, *, finetune: bool = False) ->
             "distill": {key: given.get(flag) for flag, key in DISTILL_FLAGS.items()},
         })
         for key in ("formats", "precisions", "max_drop", "accept_drop", "recipes", "qad_seconds", "calibration_size",
-                    "calib_augment", "taxonomy", "bench_iterations", "defer_choice"):
+                    "calib_augment", "taxonomy", "embedding_dims", "min_precision", "bench_iterations",
+                    "defer_choice"):
             if key in given:
                 overrides[key] = given[key]
     if finetune and _legacy_checkpoint(args) is not None:

@@ -6,7 +6,9 @@ labels, top-1 and calibration error. :func:`compare` puts the same summary of ne
 it: with labels, accuracy and ECE against the validation figures; without, a shift score for the
 confidence distribution and for the predicted-class distribution (the population stability index,
 a standard drift score: under 0.1 little change, 0.1-0.25 a moderate shift, above 0.25 a large one)
-and the classes whose share moved most. numpy only: this runs on the device.
+and the classes whose share moved most. For artifacts with embeddings, a two-sample test of the
+embedding distribution joins them (:mod:`edge_cls.quality.feature_drift`). numpy only: this runs on
+the device.
 """
 
 from __future__ import annotations
@@ -64,15 +66,19 @@ class CheckReport:
     confidence_shift: float
     class_shift: float
     movers: list[dict[str, Any]] = field(default_factory=list)
+    features: Any = None  # edge_cls.quality.feature_drift.FeatureShift, for artifacts with embeddings
 
     @property
     def verdict(self) -> str:
-        worst = max(self.confidence_shift, self.class_shift)
-        return shift_level(worst)
+        level = shift_level(max(self.confidence_shift, self.class_shift))
+        if self.features is not None and self.features.flagged and level == "small":
+            return "moderate"  # the embedding distribution moved although answers look alike
+        return level
 
     def to_dict(self) -> dict[str, Any]:
         return {"reference": self.reference, "current": self.current, "confidence_shift_psi": self.confidence_shift,
-                "class_shift_psi": self.class_shift, "verdict": self.verdict, "classes_that_moved_most": self.movers}
+                "class_shift_psi": self.class_shift, "verdict": self.verdict, "classes_that_moved_most": self.movers,
+                "feature_shift": None if self.features is None else self.features.to_dict()}
 
     def lines(self) -> list[str]:
         ref, cur = self.reference, self.current
@@ -86,6 +92,8 @@ class CheckReport:
                    f"{ref['mean_confidence']:.3f} on {ref['split']}")
         out.append(f"confidence shift:  PSI {self.confidence_shift:.3f} ({shift_level(self.confidence_shift)})")
         out.append(f"class shift:       PSI {self.class_shift:.3f} ({shift_level(self.class_shift)})")
+        if self.features is not None:
+            out.append(f"feature shift:     {self.features.line()}")
         if self.movers:
             out.append("moved most:        " + ", ".join(
                 f"{m['label']} {100 * m['reference_share']:.1f}% -> {100 * m['share']:.1f}%" for m in self.movers))

@@ -32,12 +32,14 @@ from edge_cls.export import (
     tool_versions,
 )
 from edge_cls.export.artifacts import ExportedArtifact
+from edge_cls.export.embeddings import embedding_settings
 from edge_cls.export.qad import TuningData
 from edge_cls.measure.latency import BenchResult, bench_artifact, measure
 from edge_cls.measure.machine import machine_description
 from edge_cls.measure.tables import markdown_table, search_markdown, text_table
 from edge_cls.quality.confidence_report import confidence_section
 from edge_cls.quality.plots import plot_accuracy_latency
+from edge_cls.quality.taxonomy_suggest import build_report_section
 from edge_cls.taxonomy import Taxonomy
 from edge_cls.training.config import BuildConfig
 from edge_cls.training.distill import DistillOutcome, StageClock, run_distill
@@ -70,6 +72,7 @@ def build(config: BuildConfig) -> BuildResult | None:
     clock.lap("benchmark")
     test_batch, test_targets = preprocess_split(outcome.splits["test"], outcome.student.spec)
     confidence = confidence_section(Path(config.out_dir), [a.path for a in exported], test_batch, test_targets)
+    confidence += build_report_section(out, exported[0].path, outcome.splits) if exported else []
     teacher = outcome.teacher
     teacher_source = (f"loaded from `{config.teacher_weights}`" if teacher.seconds == 0 and config.teacher_weights
                       else f"trained here for {config.teacher_train.epochs} epochs")
@@ -118,7 +121,8 @@ def _export(config: BuildConfig, outcome: DistillOutcome, targets: list,
     common = dict(reference=check, calibration=calibration, model_name=config.student,
                   onnx_exporter=config.onnx_exporter, task="multi_label" if outcome.multi_label else "single_label",
                   search=search, taxonomy=Taxonomy.from_file(config.taxonomy, outcome.classes) if config.taxonomy
-                  else None, tuning=None if outcome.multi_label else _tuning(outcome))
+                  else None, tuning=None if outcome.multi_label else _tuning(outcome),
+                  embeddings=embedding_settings(config.embedding_dims), min_precision=config.min_precision)
     if config.defer_choice:  # the device times and chooses: `edge-cls choose <output>/bundle` there
         from edge_cls.export.bundle_writer import export_bundle
 

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -57,8 +58,12 @@ class ZeroShotClassifier(nn.Module):
         self.pretrained_cfg = {"mean": spec.mean, "std": spec.std, "input_size": (3, *spec.input_size)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = F.normalize(self.visual(x), dim=-1)
-        return self.logit_scale * features @ self.head.T
+        return self.forward_with_embedding(x)[0]
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the image embedding CLIP compares with text (before its normalisation)."""
+        embedding = self.visual(x)
+        return self.logit_scale * F.normalize(embedding, dim=-1) @ self.head.T, embedding
 
 
 def spec_for_clip(model: nn.Module) -> PreprocessSpec:
@@ -123,6 +128,18 @@ def zero_shot_classifier(model_name: str, pretrained: str | Path | None, classes
     head = text_head(model, tokenizer, classes, templates)
     scale = float(model.logit_scale.detach().exp())
     return ZeroShotClassifier(model.visual, head, scale, spec).eval(), spec
+
+
+@torch.no_grad()
+def text_embeddings(model_name: str, pretrained: str | Path | None, texts: Sequence[str]) -> np.ndarray:
+    """(texts, dim) float32 CLIP text embeddings, normalised: the queries of a text -> image search.
+
+    Run on the indexing host (torch + open_clip), never on the device; compare them with the image
+    embeddings of a zero-shot artifact built from the same CLIP model and weights."""
+    if not texts:
+        raise ConfigError("give at least one text query")
+    model, tokenizer = load_clip(model_name, pretrained)
+    return F.normalize(model.encode_text(tokenizer(list(texts))), dim=-1).float().numpy()
 
 
 def read_templates(path: Path | None) -> tuple[str, ...]:

@@ -154,6 +154,8 @@ class BuildConfig:
     calib_augment: bool = False  # add flipped/cropped views when the calibration split is small
     recipes: tuple[str, ...] = ()  # restrict the precision search to these recipes (empty: every recipe)
     taxonomy: Path | None = None  # parent per class (YAML, JSON or CSV): artifacts answer up the tree
+    embedding_dims: int | str = 64  # the artifacts' embeddings output: PCA dims, "full", or 0 (none)
+    min_precision: float | None = None  # multi-label thresholds: the lowest reaching this precision (None: F1)
     bench_iterations: int = 100
     onnx_exporter: str = "dynamo"
 
@@ -163,6 +165,11 @@ class BuildConfig:
             _at_least(self, "teacher_input_size", 8)
         _at_least(self, "calibration_size", 1)
         _at_least(self, "bench_iterations", 1)
+        dims = self.embedding_dims
+        if dims != "full" and (isinstance(dims, bool) or not isinstance(dims, int) or dims < 0):
+            raise ConfigError(f"embedding_dims must be a number >= 0 (0: no embeddings) or 'full', got {dims!r}")
+        if self.min_precision is not None and not 0 <= self.min_precision <= 1:
+            raise ConfigError(f"min_precision is a precision in [0, 1], got {self.min_precision!r}")
         if self.device not in (None, "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.onnx_exporter not in ("dynamo", "torchscript"):

@@ -62,13 +62,13 @@ def test_schema_extension_rule(artifact_dir):
     from edge_cls.artifact.manifest import SCHEMA_MINOR, SCHEMA_VERSION
 
     assert json.loads((artifact_dir / MANIFEST_NAME).read_text())["schema_minor"] == SCHEMA_MINOR
-    edit(artifact_dir, lambda d: d.update(schema_minor=SCHEMA_MINOR + 1, embeddings={"dims": 8}))
+    edit(artifact_dir, lambda d: d.update(schema_minor=SCHEMA_MINOR + 1, watermark={"bits": 8}))
     assert load_manifest(artifact_dir).labels == ["a", "b"]  # written by a newer edge-cls: its field ignored
     edit(artifact_dir, lambda d: d.update(schema_minor=SCHEMA_MINOR))
-    unknown = f"'embeddings' is not part of manifest schema 1.{SCHEMA_MINOR}.*'extensions'"
-    with pytest.raises(ArtifactError, match=unknown):
+    refused = f"'watermark' is not part of manifest schema 1.{SCHEMA_MINOR}.*'extensions'"
+    with pytest.raises(ArtifactError, match=refused):
         load_manifest(artifact_dir)
-    edit(artifact_dir, lambda d: (d.pop("embeddings"), d.update(extensions={"acme.site": {"camera": [1, 2]}})))
+    edit(artifact_dir, lambda d: (d.pop("watermark"), d.update(extensions={"acme.site": {"camera": [1, 2]}})))
     loaded = load_manifest(artifact_dir)
     assert loaded.extensions == {"acme.site": {"camera": [1, 2]}}
     assert Manifest.from_dict(loaded.to_dict()).extensions == loaded.extensions

@@ -140,19 +140,28 @@ def test_check_compares_production_images_with_validation(artifacts, digits_root
 
 @pytest.mark.slow
 def test_multi_label_artifacts_answer_with_their_per_class_thresholds(multilabel_root, tmp_path):
-    """build through the CLI on multi-label data: each artifact carries F1-optimal thresholds fitted on
-    the validation split, and predict answers with every class at or above its own threshold."""
+    """build through the CLI on multi-label data with --min-precision: each artifact carries per-class thresholds
+    fitted on the validation split (the lowest reaching 90% precision there), and predict answers with every
+    class at or above its own threshold."""
     from edge_cls.runtimes import load
 
     out = tmp_path / "tags"
     result = run("build", "--data-dir", multilabel_root, "--kd-model-name", "test_vit", "--model", "test_efficientnet",
                  "--img-size", "32", "--teacher-epochs", "1", "--epochs", "1", "--no-compare-alone",
                  "--formats", "onnx", "--recipes", "ort-qdq-u8s8", "--calibration-size", "16",
-                 "--bench-iterations", "3", "--output", out, timeout=900)
+                 "--bench-iterations", "3", "--min-precision", "0.9", "--output", out, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((out / "artifacts" / "onnx" / "manifest.json").read_text())
     thresholds = manifest["calibration"]["thresholds"]
     assert manifest["task"] == "multi_label" and manifest["calibration"]["method"] == "thresholds"
+    assert manifest["calibration"]["rule"] == "precision>=0.9"
+    from edge_cls.data import load_splits, preprocess_split
+    from edge_cls.quality.confidence import class_thresholds
+
+    with load(out / "artifacts" / "onnx") as clf:
+        batch, targets = preprocess_split(load_splits(multilabel_root)["val"], clf.spec)
+        expected = class_thresholds(clf.logits(batch), targets, precision=0.9)
+    np.testing.assert_allclose(thresholds, expected, rtol=1e-6)
     images = [line.split(",")[0] for line in (multilabel_root / "test.csv").read_text().splitlines()[1:7]]
     answered = json.loads(run("predict", out / "artifacts" / "onnx", *images, "--topk", "12", "--json").stdout)
     with load(out / "artifacts" / "onnx") as clf:
@@ -161,3 +170,6 @@ def test_multi_label_artifacts_answer_with_their_per_class_thresholds(multilabel
             expected = {clf.labels[i] for i in range(12) if scores[i] >= thresholds[i]}
             labels = {p["label"] for p in item["predictions"]}
             assert labels == expected or (not expected and labels == {"unknown"})
+    checked = run("check", out / "artifacts" / "onnx", "--images", Path(images[0]).parent, "--json")
+    assert checked.returncode == 0, checked.stderr  # multi-label: the embeddings are what can be compared
+    assert set(json.loads(checked.stdout)["feature_shift"]) >= {"p_value", "statistic", "threshold", "flagged"}

@@ -31,6 +31,7 @@ def test_multi_label_build_end_to_end(multilabel_root, tmp_path):
         assert manifest.parity["images"] == 60 and manifest.parity["split"] == "val"
         assert any(row["precision"] == "int8" for row in manifest.search["candidates"])  # calibrated and tried
         assert manifest.calibration["method"] == "thresholds" and len(manifest.calibration["thresholds"]) == 12
+        assert manifest.calibration["rule"] == "f1"  # the default, without min_precision
     with load(out / "artifacts" / "onnx") as clf:
         image = np.zeros((28, 28), np.uint8)
         preds = clf.predict(image, k=len(classes), threshold=0.0)  # every class, not only those over its threshold
