@@ -35,6 +35,11 @@ def small_build(tiny_checkpoint, digits_root, tmp_path_factory):
     (root / "build" / "demo" / "checkpoints").mkdir(parents=True)
     shutil.copy(tiny_checkpoint, root / "build" / "demo" / "checkpoints" / "student.pt")
     shutil.copytree(digits_root, root / "build" / "demo" / "data")
+    # what `make demo`'s report writes beside them, and one README command reads
+    suggest = subprocess.run([sys.executable, "-m", "edge_cls.cli", "suggest-taxonomy", "build/demo", "--groups", "5",
+                              "--output", "build/demo/suggested_taxonomy.yaml"], cwd=root, capture_output=True,
+                             text=True, timeout=600)
+    assert suggest.returncode == 0, suggest.stderr[-2000:]
     return root
 
 
