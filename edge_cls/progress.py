@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -81,9 +82,11 @@ class _Lines(Generic[T]):
 def library_output() -> Iterator[None]:
     """Around a library call that draws its own progress on stdout (NNCF's rich bars, ORT's
     calibrators): keep stdout for the command's own output; show the bars on stderr in ``bar``
-    mode, drop them otherwise."""
+    mode, drop them otherwise. The libraries' Python warnings (the tracer's, torch's) are about their
+    own internals, not the user's input: they are silenced here, so an error stays one line."""
     target = sys.stderr if progress_mode() == "bar" else io.StringIO()
-    with contextlib.redirect_stdout(target):
+    with contextlib.redirect_stdout(target), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         yield
 
 

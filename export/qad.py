@@ -159,7 +159,7 @@ def _fine_tune(quantized: torch.nn.Module, reference: torch.nn.Module, tuning: T
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         run.steps += 1
     run.seconds = time.perf_counter() - started
     third = max(1, len(losses) // 3)  # single batches are noisy: the first and the last third, averaged

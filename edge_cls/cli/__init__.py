@@ -86,6 +86,8 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # NNCF imports torch's C++-extension helper, which warns about CUDA on every CPU-only machine
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # torchao (imported by NNCF's strip) registers an Enum that torch's pytree warns is deprecated
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 class _Parser(argparse.ArgumentParser):

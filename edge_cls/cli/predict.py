@@ -96,6 +96,8 @@ def _predict_on_ray(args: argparse.Namespace) -> int:
         raise ConfigError("scoring on Ray writes Parquet: give --engine ray --output-format parquet --output DIR")
     if args.backend:
         raise ConfigError("--backend is not supported with --engine ray: the artifact runs on its own backend")
+    if args.embeddings:  # the Parquet schema has no vector column yet
+        raise ConfigError("--embeddings is not supported with --engine ray yet: use --jsonl --embeddings")
     from edge_cls.scale.ray_data import predict_to_parquet
 
     rows, failed = predict_to_parquet(

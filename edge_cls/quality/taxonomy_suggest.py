@@ -199,7 +199,7 @@ def artifact_probabilities(classifier: Any, split: Any) -> tuple[np.ndarray, np.
     if classifier.manifest.task != "single_label":
         raise ConfigError(f"{classifier.path} is a multi-label artifact: merging classes needs exclusive classes")
     parts, targets = [], []
-    for batch, target in iter_split_batches(split, classifier.spec):
+    for batch, target in iter_split_batches(split, classifier.spec, placement=classifier.manifest.placement):
         parts.append(softmax(classifier.logits(batch), classifier.decision.temperature))
         targets.append(target)
     if not parts:

@@ -53,7 +53,8 @@ def record_schema() -> Any:
     pa = _pyarrow()
     prediction = pa.struct([("index", pa.int64()), ("label", pa.string()), ("score", pa.float64()),
                             ("raw_score", pa.float64()), ("kind", pa.string()), ("path", pa.list_(pa.string()))])
-    artifact = pa.struct([(name, pa.string()) for name in ("id", "model", "precision", "recipe", "manifest_sha256")])
+    artifact = pa.struct([(name, pa.string()) for name in ("id", "model", "precision", "recipe", "manifest_sha256",
+                                                                  "embedding_space")])
     return pa.schema([("path", pa.string()), ("artifact", artifact), ("predictions", pa.list_(prediction)),
                       ("abstained", pa.bool_()), ("answer", pa.string()), ("hierarchy", pa.list_(pa.string())),
                       ("error", pa.string())])
@@ -71,13 +72,15 @@ def record_from_row(row: dict[str, Any]) -> dict[str, Any]:
     return clean(row)
 
 
-def decode_batch(batch: dict[str, np.ndarray], spec: Any) -> dict[str, np.ndarray]:
-    """The CPU stage: image files to the artifact's input tensors; unreadable ones get an error (and zeros)."""
+def decode_batch(batch: dict[str, np.ndarray], manifest: Any) -> dict[str, np.ndarray]:
+    """The CPU stage: image files to the artifact's input tensors (where its placement says: float32 NCHW,
+    or uint8 NHWC for a graph that normalises); unreadable ones get an error (and zeros)."""
+    from edge_cls.preprocess.placement import preprocessor
     from edge_cls.runtimes.streaming import preprocess_chunk
 
     paths = [str(p) for p in batch["path"]]
-    chunk = preprocess_chunk(spec, paths)
-    tensors = np.zeros((len(paths), *spec.input_shape), dtype=np.float32)
+    chunk = preprocess_chunk(preprocessor(manifest.spec, manifest.placement), paths)
+    tensors = np.zeros((len(paths), *manifest.input_shape[1:]), dtype=manifest.placement.input_dtype)
     if chunk.tensors is not None:
         tensors[chunk.ok] = chunk.tensors
     errors = np.array([str(chunk.errors[i]) if i in chunk.errors else "" for i in range(len(paths))], dtype=object)
@@ -155,9 +158,12 @@ def records_dataset(artifact: str | os.PathLike[str], sources: Iterable[str | os
     keys = resolve_keys(trusted_keys)
     pem = None if keys is None else [_pem(key.key) for key in keys]
     manifest, files = artifact_files(artifact, trusted_keys=None if keys is None else [key.key for key in keys])
+    if manifest.placement.resize_in_graph:  # its inputs differ in size: Ray's tensor columns need one shape
+        raise ConfigError(f"{artifact} resizes in its graph (inputs of any size): Ray scoring needs a fixed input "
+                          "size; export it with host resizing, or score it with --jsonl")
     blocks = max(1, min(len(paths) // batch_size, 4 * actors * 8))
     dataset = ray.data.from_items(paths, override_num_blocks=blocks)
-    dataset = dataset.map_batches(decode_batch, fn_kwargs={"spec": manifest.spec}, batch_size=batch_size,
+    dataset = dataset.map_batches(decode_batch, fn_kwargs={"manifest": manifest}, batch_size=batch_size,
                                   num_cpus=decode_cpus, batch_format="numpy")
     return dataset.map_batches(
         ClassifyActor, batch_size=batch_size, batch_format="numpy", num_cpus=actor_cpus,

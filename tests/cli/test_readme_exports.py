@@ -35,11 +35,14 @@ def small_build(tiny_checkpoint, digits_root, tmp_path_factory):
     (root / "build" / "demo" / "checkpoints").mkdir(parents=True)
     shutil.copy(tiny_checkpoint, root / "build" / "demo" / "checkpoints" / "student.pt")
     shutil.copytree(digits_root, root / "build" / "demo" / "data")
-    # what `make demo`'s report writes beside them, and one README command reads
-    suggest = subprocess.run([sys.executable, "-m", "edge_cls.cli", "suggest-taxonomy", "build/demo", "--groups", "5",
-                              "--output", "build/demo/suggested_taxonomy.yaml"], cwd=root, capture_output=True,
-                             text=True, timeout=600)
-    assert suggest.returncode == 0, suggest.stderr[-2000:]
+    # what `make demo` writes beside them, and one README command reads: an artifact and the suggested taxonomy
+    export = ["export", "--checkpoint", "build/demo/checkpoints/student.pt", "--formats", "onnx", "--precisions",
+              "fp32", "--calib-data", "build/demo/data/train", "--output", "build/demo/artifacts"]
+    suggest = ["suggest-taxonomy", "build/demo", "--groups", "5", "--output", "build/demo/suggested_taxonomy.yaml"]
+    for command in (export, suggest):
+        done = subprocess.run([sys.executable, "-m", "edge_cls.cli", *command], cwd=root, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
     return root
 
 

@@ -156,3 +156,23 @@ def test_a_4000x3000_jpeg_through_edge_cls_predict_stays_under_300_mb(ingraph, t
     peak_mb = int(next(line.split()[1] for line in result.stderr.splitlines() if line.startswith("PEAK"))) / 1024
     assert json.loads(result.stdout)  # an answer
     assert peak_mb < 300, peak_mb
+
+
+@pytest.mark.parametrize("name", ["onnx-fp32", "openvino-fp32"])
+def test_split_readers_feed_a_graph_that_normalises_its_own_input(artifacts, ingraph, digits_root, name):
+    """The tools that read a labelled split or a folder for an artifact (suggest-taxonomy's probabilities,
+    Ray's decode stage) hand it what its placement takes, and it answers as the float path does."""
+    from edge_cls.data import labelled_split
+    from edge_cls.quality.taxonomy_suggest import artifact_probabilities
+    from edge_cls.scale.ray_data import decode_batch
+
+    split = labelled_split(digits_root, split="test")
+    with load(artifacts[name]) as host, load(ingraph[name, False]) as graph:
+        want, targets = artifact_probabilities(host, split)
+        got, got_targets = artifact_probabilities(graph, split)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+        assert np.array_equal(got_targets, targets)
+        paths = np.array([str(p) for p in split.paths[:4]], dtype=object)
+        decoded = decode_batch({"path": paths}, graph.manifest)
+        assert decoded["tensor"].dtype == np.uint8 and not any(decoded["error"])
+        np.testing.assert_array_equal(decoded["tensor"], np.stack([graph.preprocess(p) for p in paths]))

@@ -63,11 +63,11 @@ def test_every_backend_delivers_pytorchs_vectors(artifacts, test_images, torch_e
     reference = torch_embeddings(test_images)
     for name, path in artifacts.items():
         with load(path) as clf:
-            logits, vectors = clf.logits_and_embeddings(np.stack([clf.spec(p) for p in test_images]))
+            logits, vectors = clf.logits_and_embeddings(np.stack([clf.preprocess(p) for p in test_images]))
             space = clf.embedding_space
             assert vectors.shape == (len(test_images), space.dims) and vectors.dtype == np.float32
             np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)  # normalised
-            assert np.array_equal(logits, clf.logits(np.stack([clf.spec(p) for p in test_images])))
+            assert np.array_equal(logits, clf.logits(np.stack([clf.preprocess(p) for p in test_images])))
             precision = clf.manifest.precision
             assert meets_bar(cosines(vectors, space.vectors(reference)), precision), name
             parity = clf.manifest.embeddings["parity"]
@@ -95,7 +95,7 @@ def test_records_carry_the_vector_and_its_space(artifacts, test_images):
 
     with load(artifacts["openvino-fp32"]) as clf:
         rows = list(records(clf, [str(p) for p in test_images[:3]], k=2, embeddings=True))
-        expected = clf.embed(np.stack([clf.spec(p) for p in test_images[:3]]))
+        expected = clf.embed(np.stack([clf.preprocess(p) for p in test_images[:3]]))
     assert all(row["artifact"]["embedding_space"] == clf.embedding_space.space for row in rows)
     np.testing.assert_array_equal(np.array([row["embedding"] for row in rows], np.float32), expected)  # exact
     assert "embedding" not in next(records(load(artifacts["onnx-fp32"]), [str(test_images[0])], k=1))
@@ -149,7 +149,7 @@ def test_threads_get_exactly_the_single_thread_vectors(name, artifacts, test_ima
     from edge_cls.runtimes import load
 
     with load(artifacts[name]) as clf:
-        inputs = np.stack([clf.spec(p) for p in test_images])
+        inputs = np.stack([clf.preprocess(p) for p in test_images])
         reference = [clf.embed(inputs[i:i + 1]) for i in range(len(inputs))]
 
         def work(thread: int) -> int:

@@ -18,7 +18,7 @@ def no_manifest_key(monkeypatch):
 
 
 def batch_of(classifier, images):
-    return np.stack([classifier.spec(p) for p in images])
+    return np.stack([classifier.preprocess(p) for p in images])
 
 
 @pytest.mark.parametrize("name", ["onnx-fp32", "openvino-fp32"])

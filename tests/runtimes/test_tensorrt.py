@@ -36,7 +36,8 @@ def test_tensorrt_engine_matches_pytorch(
         assert got.shape == (len(many), 10)
         reference = pytorch_logits(test_images)
         tolerance = {"fp32": 1e-3, "fp16": 0.05, "int8": 0.5}[precision] * max(1.0, float(np.abs(reference).max()))
-        np.testing.assert_allclose(clf.logits(np.stack([clf.spec(p) for p in test_images])), reference, atol=tolerance)
+        inputs = np.stack([clf.preprocess(p) for p in test_images])
+        np.testing.assert_allclose(clf.logits(inputs), reference, atol=tolerance)
         logits, vectors = clf.logits_and_embeddings(many)  # every engine output bound, two fetched
         np.testing.assert_array_equal(logits, got)
         assert vectors.shape == (len(many), clf.embedding_space.dims)

@@ -35,7 +35,7 @@ def test_multi_label_build_end_to_end(multilabel_root, tmp_path):
     with load(out / "artifacts" / "onnx") as clf:
         image = np.zeros((28, 28), np.uint8)
         preds = clf.predict(image, k=len(classes), threshold=0.0)  # every class, not only those over its threshold
-        logits = clf.logits(clf.spec(image)[None])[0]
+        logits = clf.logits(clf.preprocess(image)[None])[0]
         sigmoid = 1 / (1 + np.exp(-logits.astype(np.float64)))  # independent sigmoids, not a softmax
         np.testing.assert_allclose([p.score for p in preds], np.sort(sigmoid)[::-1], rtol=1e-6)
     report = json.loads((out / "report.json").read_text())

@@ -69,7 +69,7 @@ def test_zero_shot_artifact_end_to_end(tiny_clip, digits_root, tmp_path, test_im
     assert manifest.labels == CLASSES and manifest.model_name == "clip:edgecls-tiny-clip"
     torch.manual_seed(0)
     with load(out / "onnx-fp32") as clf:
-        batch = np.stack([clf.spec(p) for p in test_images])
+        batch = np.stack([clf.preprocess(p) for p in test_images])
         logits = clf.logits(batch)
         assert [p.label for p in clf.predict(test_images[0], k=3)] == [CLASSES[i] for i in np.argsort(-logits[0])[:3]]
     assert manifest.parity["top1_agreement"] == 1.0 and manifest.parity["max_abs_logit_error"] < 1e-3
