@@ -8,6 +8,7 @@ without it OpenVINO runs an f32 model in bf16 on CPUs that have bf16.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -86,7 +87,7 @@ def export_openvino(
         if settings.accuracy_control:
             model = quantize_nncf_with_accuracy_control(model, calibration, settings, max_drop_fraction)
         else:
-            model = quantize_nncf(model, calibration, settings)
+            model = _quantized_once(model, onnx_path, calibration, settings)
     model.set_rt_info(json.dumps(spec.to_dict()), ["edge_cls", "preprocess"])
     model.set_rt_info(json.dumps(list(labels)), ["edge_cls", "labels"])
     ov.save_model(model, str(xml_path), compress_to_fp16=compress_to_fp16)
@@ -127,6 +128,23 @@ def quantize_nncf(model: Any, calibration: CalibrationSet, settings: NncfQuantiz
             return nncf.quantize(model, dataset, **nncf_kwargs(settings, calibration))
     except Exception as e:
         raise ExportError(f"NNCF quantization failed ({type(e).__name__}: {e})") from e
+
+
+# Recipes that differ only in how the IR runs (ov-nncf-mixed and ov-nncf-mixed-bf16) share one
+# nncf.quantize: same graph, same calibration, same settings give the same IR. The last result only.
+_LAST_QUANTIZED: dict[tuple[str, str, NncfQuantization], Any] = {}
+
+
+def _quantized_once(model: Any, onnx_path: Path, calibration: CalibrationSet, settings: NncfQuantization) -> Any:
+    key = (_digest(onnx_path.read_bytes()), _digest(np.ascontiguousarray(calibration.array).data), settings)
+    if key not in _LAST_QUANTIZED:
+        _LAST_QUANTIZED.clear()
+        _LAST_QUANTIZED[key] = quantize_nncf(model, calibration, settings)
+    return _LAST_QUANTIZED[key].clone()
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def quantize_nncf_with_accuracy_control(

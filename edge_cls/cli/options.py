@@ -302,7 +302,7 @@ VOCABULARY: dict[str, Flag] = {
                    "installed here)", kwargs={"metavar": "NAME"}),
     "qad_seconds": Flag(
         ("--qad-seconds",),
-        "wall-time cap of quantization-aware distillation's fine-tuning; 0: never (build: default 60, always "
+        "wall-time cap of quantization-aware distillation's fine-tuning; 0: never (build: default 30, always "
         "run; export: default 180, run when the plain INT8 recipes miss the bar)",
         kwargs={"type": NON_NEGATIVE_FLOAT, "metavar": "SECONDS"},
     ),

@@ -165,7 +165,7 @@ def _verdict(row: Measured, fp32: Measured) -> None:
         row.verdict = "thin evidence" if row.judgement is not None and row.judgement.thin else "misses bar"
         row.why = row.judgement.why if row.judgement is not None else "not judged"
     elif not faster_than(row, fp32):
-        row.verdict, row.why = "slower", f"{_speed_text(row, fp32)}: not faster than FP32"
+        row.verdict, row.why = "slower", f"{_speed_text(row, fp32)}: {_why_not_faster(row, fp32)}"
     else:
         row.verdict, row.why = "eligible", f"{_speed_text(row, fp32)}; {row.judgement.why}"  # type: ignore[union-attr]
 
@@ -179,6 +179,16 @@ def _finish(rows: list[Measured], chosen: Measured, reason: str) -> Selection:
 def _speed_text(row: Measured, fp32: Measured) -> str:
     ratio = row.p50_ms / fp32.p50_ms if fp32.p50_ms else float("nan")
     return f"{ratio:.2f}x FP32 p50 ({row.p50_ms:.3f} vs {fp32.p50_ms:.3f} ms)"
+
+
+def _why_not_faster(row: Measured, fp32: Measured) -> str:
+    if row.timing is None or fp32.timing is None or row.p50_ms >= (1.0 - MIN_GAIN) * fp32.p50_ms:
+        return "not faster than FP32"
+    rounds, wins = len(row.timing.rounds_ms), row.timing.rounds_faster_than(fp32.timing)
+    if 3 * wins < 2 * rounds:
+        return f"faster in only {wins} of {rounds} rounds: not reliably faster than FP32"
+    spread = max(row.timing.spread, fp32.timing.spread)
+    return f"the gain is within the rounds' spread (±{spread:.0%}): not reliably faster than FP32"
 
 
 def _miss_message(requested: str, wanted: list[Measured], rule: AcceptanceRule) -> str:

@@ -137,7 +137,7 @@ class BuildConfig:
         None  # local weights to start the student from (a head for other classes is replaced)
     )
     input_size: int = DEMO_INPUT_SIZE
-    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, lr=1.5e-3))
+    teacher_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=9, lr=1.5e-3))
     student_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3))
     distill: DistillConfig = field(default_factory=DistillConfig)
     compare_alone: bool = True  # also train the student on labels alone, same budget and initial weights
@@ -149,7 +149,7 @@ class BuildConfig:
     # edge_cls.quality.acceptance.AcceptanceRule, with the recipe names, when a build starts)
     accept_drop: bool = False  # ship an explicitly requested precision that misses max_drop (marked)
     defer_choice: bool = False  # write a candidate bundle for the device to choose from (edge-cls choose)
-    qad_seconds: float = 60.0  # quantization-aware distillation's fine-tuning cap (0: none); a build always runs it
+    qad_seconds: float = 30.0  # quantization-aware distillation's fine-tuning cap (0: none); a build always runs it
     calibration_size: int = 300
     calib_augment: bool = False  # add flipped/cropped views when the calibration split is small
     recipes: tuple[str, ...] = ()  # restrict the precision search to these recipes (empty: every recipe)
