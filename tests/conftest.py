@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 TINY_STUDENT = "test_efficientnet"  # timm's 0.1M-parameter test model
 TINY_TEACHER = "test_vit"  # mean/std 0.5: differs from the student's ImageNet stats
@@ -173,3 +174,17 @@ def small_disk(tmp_path):
         pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.strip()})")
     yield mount_point
     subprocess.run(["umount", "--lazy", str(mount_point)], check=True)  # lazy: even if a file is still open
+
+
+def _class_folders(root: Path, layout: dict[str, int]) -> Path:
+    for cls, count in layout.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def make_folder():
+    """``make_folder(root, {"class": n_images})``: an ImageFolder of tiny distinct PNGs; returns ``root``."""
+    return _class_folders

@@ -18,15 +18,7 @@ def test_demo_set_is_real_png_splits(demo_root):
     assert not train & test
 
 
-def make_folder(root, layout):
-    for cls, count in layout.items():
-        (root / cls).mkdir(parents=True)
-        for i in range(count):
-            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(root / cls / f"{i}.png")
-    return root
-
-
-def test_scan_orders_classes_and_targets(tmp_path):
+def test_scan_orders_classes_and_targets(tmp_path, make_folder):
     split = scan_image_folder(make_folder(tmp_path, {"b": 2, "a": 3}))
     assert split.classes == ["a", "b"] and split.targets == [0, 0, 0, 1, 1]
 
@@ -35,12 +27,12 @@ def test_scan_orders_classes_and_targets(tmp_path):
     "layout, match",
     [({}, "no class sub-directories"), ({"a": 0, "b": 0}, "no images"), ({"a": 2, "b": 0}, "have no images")],
 )
-def test_bad_folders(tmp_path, layout, match):
+def test_bad_folders(tmp_path, make_folder, layout, match):
     with pytest.raises(DataError, match=match):
         scan_image_folder(make_folder(tmp_path / "d", layout) if layout else (tmp_path / "d").mkdir() or tmp_path / "d")
 
 
-def test_missing_split_and_unknown_class(tmp_path):
+def test_missing_split_and_unknown_class(tmp_path, make_folder):
     make_folder(tmp_path / "train", {"a": 2, "b": 2})
     make_folder(tmp_path / "val", {"a": 1})
     with pytest.raises(DataError, match="missing: test"):

@@ -221,5 +221,20 @@ def _search_section(exported: list[ExportedArtifact]) -> list[str]:
         m = artifact.manifest
         lines += [f"### `{artifact.path.name}`: {m.precision} ({m.recipe}, ran as {m.runtime_precision})"
                   + (" - DROP ACCEPTED" if m.accepted_drop else ""), ""]
-        lines += search_markdown(m.search or {}) + [""]
+        lines += search_markdown(m.search or {}) + [""] + _distilled_lines(m.search or {})
+    return lines
+
+
+def _distilled_lines(search: dict) -> list[str]:
+    """What quantization-aware distillation did and what its INT8 artifact measured, in one paragraph."""
+    fp32 = next((r for r in search.get("candidates", []) if r.get("precision") == "fp32"), None)
+    lines = []
+    for row in search.get("candidates", []):
+        if "qad_steps" not in row or fp32 is None or row.get("error"):
+            continue
+        lines += [f"Quantization-aware distillation (`{row['recipe']}`): {row['qad_steps']} steps in "
+                  f"{row['qad_seconds']:.0f} s on {row['qad_data']}, KL {row['qad_loss_first']:.4g} -> "
+                  f"{row['qad_loss_last']:.4g}; its INT8 artifact: expected drop {row['expected_drop']:.2f} pts "
+                  f"[{row['drop_low']:.2f}, {row['drop_high']:.2f}], {row['flips']} flips, "
+                  f"{row['p50_ms'] / fp32['p50_ms']:.2f}x FP32 p50 ({row['verdict']}).", ""]
     return lines

@@ -2,22 +2,13 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from edge_cls.data import scan_image_folder
 from edge_cls.errors import DataError
 from edge_cls.training.datasets import ImageDataset
 
 
-def make_folder(root, layout):
-    for cls, count in layout.items():
-        (root / cls).mkdir(parents=True)
-        for i in range(count):
-            Image.new("RGB", (8, 8), (i * 20, 0, 0)).save(root / cls / f"{i}.png")
-    return root
-
-
-def test_undecodable_images_are_skipped_then_stop(tmp_path):
+def test_undecodable_images_are_skipped_then_stop(tmp_path, make_folder):
     root = make_folder(tmp_path, {"a": 30, "b": 30})
     (root / "a" / "0.png").write_bytes(b"garbage")
     dataset = ImageDataset(scan_image_folder(root), lambda image: np.asarray(image))
