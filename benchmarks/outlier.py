@@ -74,6 +74,57 @@ def measure(model, splits, val, val_targets, work: Path) -> list[dict]:
     return rows
 
 
+def aimet_versus_ours(model, splits, val, val_targets, work: Path) -> list[dict]:
+    """AIMET's cross-layer equalization (``aimet_onnx``, an optional extra candidate) against edge-cls's own,
+    each followed by the same ONNX Runtime QDQ U8S8 quantization, judged by the same rule."""
+    import time
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from edge_cls.export.equalize import equalize_file
+    from edge_cls.export.onnx_export import export_onnx
+    from edge_cls.export.onnxruntime_export import quantize_onnx_int8
+    from edge_cls.quality.acceptance import AcceptanceRule, judge
+    from edge_cls.quality.acceptance import measure as evidence_of
+
+    try:
+        from aimet_onnx.cross_layer_equalization import equalize_model
+    except ImportError:
+        return []
+    export_onnx(model, outlier.SPEC, splits["train"].classes, work / "fp32.onnx")
+    calibration = CalibrationSet.from_split(splits["train"], outlier.SPEC, size=64)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(val)).numpy()
+
+    def ours(source: Path, target: Path) -> None:
+        equalize_file(source, target, val[:8])
+
+    def aimets(source: Path, target: Path) -> None:
+        proto = onnx.load(str(source))
+        equalize_model(proto)  # in place (folds BatchNorm, equalizes, absorbs high biases)
+        onnx.save_model(proto, str(target))
+
+    rows = []
+    for name, apply in (("none", None), ("edge-cls CLE", ours), ("AIMET CLE", aimets)):
+        started = time.perf_counter()
+        source = work / "fp32.onnx"
+        if apply is not None:
+            apply(source, work / f"{name}.onnx")
+            source = work / f"{name}.onnx"
+        seconds = time.perf_counter() - started
+        session = ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
+        float_error = float(np.abs(session.run(None, {"input": val})[0] - reference).max())
+        quantized = quantize_onnx_int8(source, work / f"{name}.int8.onnx", calibration)
+        session = ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"])
+        e = evidence_of(reference, session.run(None, {"input": val})[0], targets=val_targets)
+        rows.append({"equalization": name, "seconds": seconds, "float_max_abs_error": float_error,
+                     "expected_drop": e.expected_drop, "drop_low": e.drop_low, "drop_high": e.drop_high,
+                     "paired_drop": e.paired_drop, "flips": e.flips, "meets": judge(e, AcceptanceRule()).meets})
+    return rows
+
+
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model, splits, val, targets = trained(write_demo_dataset(Path(tmp) / "data"))
@@ -81,6 +132,7 @@ def main() -> int:
         for name, m in (("trained", model), ("rescaled", outlier.rescaled(model))):
             (Path(tmp) / name).mkdir()
             result[name] = measure(m, splits, val, targets, Path(tmp) / name)
+            result[f"{name}_aimet"] = aimet_versus_ours(m, splits, val, targets, Path(tmp) / name)
     lines = ["# The rescaled outlier: INT8 recipes on a damaged model, and the repair", "",
              f"`python benchmarks/outlier.py`; machine: {result['machine']}. 500 labelled validation digits; expected "
              "drop under the float model's probabilities with its 90% picture interval; paired: with the labels.", "",
@@ -89,6 +141,17 @@ def main() -> int:
     for name in ("trained", "rescaled"):
         lines += [f"| {name} | {r['recipe']} | {r['expected_drop']:.2f} [{r['drop_low']:.2f}, {r['drop_high']:.2f}] | "
                   f"{r['paired_drop']:+.1f} | {r['flips']} | {r['meets']} |" for r in result[name]]
+    if result["trained_aimet"]:
+        lines += ["", "## AIMET's cross-layer equalization against edge-cls's", "",
+                  "The same ONNX graph equalized by each (or not at all), then ONNX Runtime QDQ U8S8 per-channel "
+                  "min-max on the same 64 calibration digits, judged by the same rule. *float error*: the equalized "
+                  "FP32 graph's max logit difference from PyTorch.", "",
+                  "| model | equalization | seconds | float error | expected drop, pts [90%] | paired top-1 drop, pts | "
+                  "flips | meets |", "|---|---|---|---|---|---|---|---|"]
+        for name in ("trained", "rescaled"):
+            lines += [f"| {name} | {r['equalization']} | {r['seconds']:.2f} | {r['float_max_abs_error']:.2g} | "
+                      f"{r['expected_drop']:.2f} [{r['drop_low']:.2f}, {r['drop_high']:.2f}] | {r['paired_drop']:+.1f} "
+                      f"| {r['flips']} | {r['meets']} |" for r in result[f"{name}_aimet"]]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "outlier.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "outlier.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -51,6 +51,23 @@ def recover(ctx: ExportContext, fmt: str, built: list[Candidate]) -> list[Candid
     return extra
 
 
+def _faster_than_fp32(ctx: ExportContext, tried: list[Candidate], fp32: Candidate) -> list[Candidate]:
+    """The recipes a fallback could still ship: faster than FP32 here by a margin, in a short round-robin
+    (restoring layers to float only slows a recipe down; one already slower than FP32 never ships)."""
+    import numpy as np
+
+    from edge_cls.measure.timing import round_robin
+
+    one = np.ascontiguousarray(ctx.reference.batch[:1])
+    runners = [c for c in (fp32, *tried) if c.classifier is not None]
+    calls = {c.recipe.name: (lambda clf=c.classifier: clf.logits(one)) for c in runners}
+    timings = round_robin(calls, rounds=3, block=10, max_seconds=min(20.0, ctx.search.max_timing_seconds))
+    if fp32.recipe.name not in timings:
+        return []
+    limit = 0.9 * timings[fp32.recipe.name].p50_ms
+    return [c for c in tried if c.recipe.name in timings and timings[c.recipe.name].p50_ms < limit]
+
+
 def restore_onnx(ctx: ExportContext, recipe: Recipe, built: list[Candidate]) -> Candidate | None:
     """ONNX Runtime: the best ORT-quantizer recipe with its worst layers back in float."""
     from .onnxruntime_export import restore_accuracy
@@ -59,8 +76,9 @@ def restore_onnx(ctx: ExportContext, recipe: Recipe, built: list[Candidate]) -> 
              if c.recipe.ort is not None and c.measured is not None and c.measured.evidence is not None]
     if not tried or ctx.calibration is None:
         return None
-    base = min(tried, key=lambda c: c.measured.evidence.expected_drop)  # type: ignore[union-attr]
     fp32 = next(c for c in built if c.recipe.precision == "fp32")
+    base = min(_faster_than_fp32(ctx, tried, fp32) or tried,
+               key=lambda c: c.measured.evidence.expected_drop)  # type: ignore[union-attr]
     calibration_reference = fp32.classifier.logits(ctx.calibration.array)
 
     def meets_rule(path: Path) -> bool:  # judged on calibration images: the check images stay unseen
