@@ -128,8 +128,9 @@ def distill_quantized(model: torch.nn.Module, calibration: CalibrationSet, tunin
     nncf.set_log_level(logging.WARNING)
     try:
         with library_output():
-            quantized = nncf.quantize(student, nncf.Dataset([torch.from_numpy(b) for b in calibration.batches(8)]),
-                                      subset_size=len(calibration), preset=nncf.QuantizationPreset.MIXED)
+            batches = [torch.from_numpy(b) for b in calibration.batches(8)]  # NNCF counts items: batches here
+            quantized = nncf.quantize(student, nncf.Dataset(batches), subset_size=len(batches),
+                                      preset=nncf.QuantizationPreset.MIXED)
             native = nncf.strip(quantized, do_copy=False, example_input=example[:1])
     except Exception as e:  # NNCF raises many types
         raise ExportError(f"NNCF could not fake-quantize the model ({type(e).__name__}: {e})") from e
