@@ -144,7 +144,10 @@ def main() -> int:
     if result["trained_aimet"]:
         lines += ["", "## AIMET's cross-layer equalization against edge-cls's", "",
                   "The same ONNX graph equalized by each (or not at all), then ONNX Runtime QDQ U8S8 per-channel "
-                  "min-max on the same 64 calibration digits, judged by the same rule. *float error*: the equalized "
+                  "min-max on the same 64 calibration digits, judged by the same rule, here under the float model's "
+                  "raw probabilities (temperature 1: these expected drops are not comparable with the table "
+                  "above, whose reference has its fitted temperature; flips and paired drops are). "
+                  "*float error*: the equalized "
                   "FP32 graph's max logit difference from PyTorch.", "",
                   "| model | equalization | seconds | float error | expected drop, pts [90%] | paired top-1 drop, pts | "
                   "flips | meets |", "|---|---|---|---|---|---|---|---|"]
