@@ -57,6 +57,7 @@ from PIL import Image, ImageOps
 
 import edge_cls.preprocess as preprocess
 from edge_cls.measure.machine import machine_description
+from edge_cls.measure.timing import round_robin
 from edge_cls.predictions import softmax
 from edge_cls.preprocess import PreprocessSpec
 from edge_cls.preprocess.placement import crop_pixels, pixels
@@ -285,20 +286,10 @@ def int8_artifacts(sources: dict[str, Image.Image], work: Path) -> tuple[dict[st
 # --- stages ------------------------------------------------------------------------------------
 
 
-def timed(methods: dict[str, Callable[[], Any]], rounds: int, block: int = 5) -> dict[str, list[float]]:
+def timed(methods: dict[Any, Callable[[], Any]], rounds: int, block: int = 5) -> dict[Any, list[float]]:
     """Milliseconds per call, one value per round (median of ``block`` calls), methods interleaved."""
-    for method in methods.values():
-        method()
-    samples: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(rounds):
-        for name, method in methods.items():
-            calls = []
-            for _ in range(block):
-                started = time.perf_counter()
-                method()
-                calls.append(1e3 * (time.perf_counter() - started))
-            samples[name].append(statistics.median(calls))
-    return samples
+    timings = round_robin(methods, rounds=rounds, block=block, warmup=1, max_seconds=1e9)
+    return {name: list(timing.rounds_ms) for name, timing in timings.items()}
 
 
 def stage_methods(path: Path, spec: PreprocessSpec, int8: dict[str, Path]) -> dict[tuple[str, str], Callable]:
