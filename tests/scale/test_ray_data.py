@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ray = pytest.importorskip("ray", reason="pip install 'edge-cls[ray]' (in [dev])")
-pq = pytest.importorskip("pyarrow.parquet")
+pq = pytest.importorskip("pyarrow.parquet", reason="pip install 'edge-cls[ray]' (in [dev])")
 
 from edge_cls.scale.ray_data import predict_to_parquet, record_from_row, records_dataset  # noqa: E402
 
