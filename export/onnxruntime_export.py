@@ -4,8 +4,8 @@ INT8 recipes (see :mod:`edge_cls.export.recipes`) run ``onnxruntime.quantization
 after ORT's own pre-processing (shape inference and graph optimisation), in QDQ or QOperator form,
 with uint8 (U8S8: ORT's fast x86 path) or int8 (S8S8) activations, per-channel int8 weights, and
 min-max, percentile or entropy calibration; or NNCF's ONNX backend. Nodes can be kept in float
-(``nodes_to_exclude``): :func:`restore_accuracy` uses that to return the layers that hurt the
-answer most to float, a few at a time, until the accuracy bar is met.
+(``nodes_to_exclude``, made to stay float in ONNX Runtime by :func:`keep_float`):
+:mod:`edge_cls.export.ort_fallback` uses that to return the layers that hurt the answer most to float.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,6 @@ from .onnx_export import copy_metadata
 from .recipes import NncfQuantization, OrtQuantization
 
 logger = logging.getLogger(__name__)
-
-QUANTIZABLE = ("Conv", "MatMul", "Gemm")  # the ops whose float/int8 error restore_accuracy ranks
 
 
 def build(job: BuildJob) -> tuple[list[str], dict[str, Any]]:
@@ -106,8 +103,61 @@ def quantize_onnx_int8(
                                     calibrate_method=CalibrationMethod.MinMax, **kwargs)
         except Exception as e:  # ORT quantization raises many types
             raise ExportError(f"ONNX Runtime INT8 quantization of {fp32_path} failed ({type(e).__name__}: {e})") from e
+    if settings.nodes_to_exclude:
+        keep_float(out_path, settings.nodes_to_exclude)
     copy_metadata(fp32_path, out_path)
     return out_path
+
+
+def keep_float(path: Path, nodes: tuple[str, ...] | list[str]) -> int:
+    """Make the Conv/Gemm ``nodes`` that the quantizer left in float stay float when ONNX Runtime loads
+    the model; returns how many needed it.
+
+    ONNX Runtime's ``WeightBiasQuantization`` graph transformer (basic level, on by default) quantizes
+    the float weights of every Conv/Gemm whose input comes from a DequantizeLinear with a per-tensor
+    scale, to *per-tensor* INT8: exactly what ``nodes_to_exclude`` leaves behind. Per-tensor weights are
+    far worse than the per-channel ones the node would have had (EfficientNet-Lite1's first depthwise
+    conv "kept in float" tripled the KL to the float model), so keeping layers in float made models
+    worse. The transformer matches a per-tensor input scale only: the kept node reads its input through
+    its own DequantizeLinear with the same scale and zero point repeated per channel (axis 1), which
+    computes the same values and keeps the node float in ONNX Runtime and in every other runtime."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {i.name: i for i in graph.initializer}
+    wanted, changed = set(nodes), 0
+    for node in list(graph.node):
+        if node.name not in wanted or node.op_type not in ("Conv", "Gemm") or node.input[1] not in initializers:
+            continue
+        dq = producers.get(node.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[1] not in initializers:
+            continue
+        scale = numpy_helper.to_array(initializers[dq.input[1]])
+        if scale.ndim or len(dq.input) < 3 or dq.input[2] not in initializers:
+            continue
+        zero_point = numpy_helper.to_array(initializers[dq.input[2]])
+        channels = _input_channels(node, numpy_helper.to_array(initializers[node.input[1]]))
+        names = [f"{node.name}_float_input_{part}" for part in ("scale", "zero_point", "dq")]
+        graph.initializer.extend([numpy_helper.from_array(np.full(channels, scale, scale.dtype), names[0]),
+                                  numpy_helper.from_array(np.full(channels, zero_point, zero_point.dtype), names[1])])
+        position = list(graph.node).index(node)
+        graph.node.insert(position, helper.make_node("DequantizeLinear", [dq.input[0], names[0], names[1]],
+                                                     [names[2]], name=names[2], axis=1))
+        node.input[0] = names[2]
+        changed += 1
+    if changed:
+        onnx.save_model(model, str(path))
+    return changed
+
+
+def _input_channels(node: onnx.NodeProto, weight: np.ndarray) -> int:
+    """The size of axis 1 of a Conv's or Gemm's input, read from its weight."""
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        return int(weight.shape[1] * attributes.get("group", 1))
+    return int(weight.shape[1] if attributes.get("transB", 0) else weight.shape[0])
 
 
 def _takes_calibration_cache() -> bool:
@@ -189,91 +239,3 @@ def convert_onnx_fp16(fp32_path: Path, out_path: Path) -> Path:
         raise ExportError(f"FP16 conversion of {fp32_path} failed ({type(e).__name__}: {e})") from e
     onnx.save_model(converted, str(out_path))
     return out_path
-
-
-def rank_quantization_error(fp32_path: Path, int8_path: Path, calibration: CalibrationSet, *,
-                            images: int = 32) -> list[str]:
-    """Names of the quantized Conv/MatMul/Gemm nodes of ``fp32_path``, worst first: by how much
-    relative error each adds at its output over the error already at its input, running the FP32
-    and the QDQ model side by side on ``images`` calibration images.
-
-    Written here because ORT's ``qdq_loss_debug`` reports per-tensor SQNR but not the error a node
-    itself introduces, which is what deciding "which layer goes back to float" needs."""
-    import onnxruntime as ort
-
-    model = onnx.load(str(fp32_path))
-    producers = {out: node for node in model.graph.node for out in node.output}
-    nodes = [n for n in model.graph.node if n.op_type in QUANTIZABLE and n.name]
-    watched = sorted({t for n in nodes for t in (*n.output[:1], *n.input[:1]) if t in producers or t == _input(model)})
-    float_acts = _activations(model, watched, calibration, images, ort)
-    qdq = onnx.load(str(int8_path))
-    q_watched = [t for t in watched if any(t in node.output for node in qdq.graph.node) or t == _input(qdq)]
-    quant_acts = _activations(qdq, q_watched, calibration, images, ort)
-    scores = []
-    for node in nodes:
-        out, inp = node.output[0], node.input[0]
-        if out not in quant_acts or out not in float_acts:
-            continue
-        added = _relative_error(quant_acts[out], float_acts[out]) - (
-            _relative_error(quant_acts[inp], float_acts[inp]) if inp in quant_acts and inp in float_acts else 0.0)
-        scores.append((added, node.name))
-    return [name for _, name in sorted(scores, reverse=True)]
-
-
-def _input(model: onnx.ModelProto) -> str:
-    return model.graph.input[0].name
-
-
-def _activations(model: onnx.ModelProto, tensors: list[str], calibration: CalibrationSet, images: int,
-                 ort: Any) -> dict[str, np.ndarray]:
-    """The values of ``tensors`` (made graph outputs) on the first ``images`` calibration images."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    existing = {o.name for o in model.graph.output}
-    for name in tensors:
-        if name not in existing and name != _input(model):
-            model.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs() if o.name in tensors]
-    batch = calibration.array[:images]
-    values = session.run(names, {_input(model): batch})
-    acts = dict(zip(names, values))
-    if _input(model) in tensors:
-        acts[_input(model)] = batch
-    return acts
-
-
-def _relative_error(quantized: np.ndarray, reference: np.ndarray) -> float:
-    reference = reference.astype(np.float64)
-    return float(np.linalg.norm(quantized.astype(np.float64) - reference) / (np.linalg.norm(reference) + 1e-12))
-
-
-def restore_accuracy(
-    fp32_path: Path, out_path: Path, calibration: CalibrationSet, settings: OrtQuantization,
-    meets_bar: Callable[[Path], bool], *, steps: tuple[int, ...] = (1, 2, 4, 8, 16),
-) -> tuple[Path, list[str]] | None:
-    """Quantize with ``settings``, then return the worst layers to float (1, 2, 4, ... of them,
-    ranked once by :func:`rank_quantization_error`) until ``meets_bar(model_path)`` says yes.
-
-    Calibrated once: the activation ranges of the first quantization are kept in ONNX Runtime's
-    calibration cache and every later step quantizes with them (it used to calibrate again at every
-    step: 17 minutes on EfficientNet-Lite1 with percentile calibration). Bounded: at most
-    ``len(steps)`` re-quantizations. Returns the model and the layers kept in float, or None when even
-    the last step misses the bar."""
-    from dataclasses import replace
-
-    with tempfile.TemporaryDirectory() as tmp:
-        ranges = Path(tmp) / "ranges.json"
-        first = quantize_onnx_int8(fp32_path, Path(tmp) / "all.onnx", calibration, settings=settings, ranges=ranges)
-        ranking = rank_quantization_error(fp32_path, first, calibration)
-        for count in steps:
-            if count > len(ranking):
-                break
-            excluded = tuple(ranking[:count])
-            candidate = quantize_onnx_int8(fp32_path, Path(tmp) / f"keep{count}.onnx", calibration,
-                                           settings=replace(settings, nodes_to_exclude=excluded), ranges=ranges)
-            if meets_bar(candidate):
-                shutil.copyfile(candidate, out_path)
-                return out_path, list(excluded)
-    return None

@@ -2,10 +2,11 @@
 format miss the acceptance rule (or always, where the caller asks, as ``edge-cls build`` does).
 
 Each is a named recipe in the search, measured and timed like the others (:mod:`.recipes`):
-layer fallback on ONNX Runtime (calibrated once, layers ranked once, quantized with the stored
-ranges), NNCF accuracy control and channel alignment on OpenVINO, cross-layer equalization before
-either quantizer, and quantization-aware distillation. The ONNX Runtime fallback judges its steps on
-the calibration images, so the check images stay unseen.
+layer fallback on ONNX Runtime (calibrated once, layers ranked once by what each costs the answer,
+one candidate per number of layers kept in float), NNCF accuracy control and channel alignment on
+OpenVINO, cross-layer equalization before either quantizer, and quantization-aware distillation.
+The ONNX Runtime fallback ranks its layers on the calibration images, so the check images stay unseen
+until the search judges its candidates.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from pathlib import Path
 
-from edge_cls.quality.acceptance import judge, measure
+from edge_cls.errors import ExportError
 from edge_cls.quality.selection import Measured
 
 from .candidates import Candidate, ExportContext, build_candidate, judge_candidate, open_candidate
@@ -42,11 +42,10 @@ def recover(ctx: ExportContext, fmt: str, built: list[Candidate]) -> list[Candid
             continue  # the distillation's soft targets are a softmax: single-label models only
         logger.info("%s: building the restoring recipe %s", fmt, recipe.name)
         if recipe.name == "ort-restore":
-            candidate = restore_onnx(ctx, recipe, built)
+            extra.extend(restore_onnx(ctx, recipe, built))
         else:
             candidate = build_candidate(ctx, recipe)
             judge_candidate(ctx, candidate)
-        if candidate is not None:
             extra.append(candidate)
     return extra
 
@@ -68,43 +67,43 @@ def _faster_than_fp32(ctx: ExportContext, tried: list[Candidate], fp32: Candidat
     return [c for c in tried if c.recipe.name in timings and timings[c.recipe.name].p50_ms < limit]
 
 
-def restore_onnx(ctx: ExportContext, recipe: Recipe, built: list[Candidate]) -> Candidate | None:
-    """ONNX Runtime: the best ORT-quantizer recipe with its worst layers back in float."""
-    from .onnxruntime_export import restore_accuracy
+def restore_onnx(ctx: ExportContext, recipe: Recipe, built: list[Candidate]) -> list[Candidate]:
+    """ONNX Runtime: the best ORT-quantizer recipe with its costliest layers kept in float, one candidate
+    per count in :data:`~edge_cls.export.ort_fallback.COUNTS`, each judged on the check images like any
+    other recipe (the ranking saw calibration images only)."""
+    from .ort_fallback import COUNTS, fallback_models
 
     tried = [c for c in built
              if c.recipe.ort is not None and c.measured is not None and c.measured.evidence is not None]
     if not tried or ctx.calibration is None:
-        return None
+        return []
     fp32 = next(c for c in built if c.recipe.precision == "fp32")
     base = min(_faster_than_fp32(ctx, tried, fp32) or tried,
                key=lambda c: c.measured.evidence.expected_drop)  # type: ignore[union-attr]
-    calibration_reference = fp32.classifier.logits(ctx.calibration.array)
-
-    def meets_rule(path: Path) -> bool:  # judged on calibration images: the check images stay unseen
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        logits = session.run(None, {session.get_inputs()[0].name: ctx.calibration.array})[0]
-        return judge(measure(calibration_reference, logits, rule=ctx.search.rule), ctx.search.rule).meets
-
-    name = f"{recipe.name}({base.recipe.name})"
-    staging = ctx.work / name
-    staging.mkdir()
+    work = ctx.work / f"{recipe.name}({base.recipe.name})"
+    work.mkdir()
     started = time.perf_counter()
-    result = restore_accuracy(ctx.source, staging / "model.onnx", ctx.calibration, base.recipe.ort, meets_rule)
-    measured = Measured(name="onnx-int8", recipe=name, precision="int8", build_seconds=time.perf_counter() - started)
-    if result is None:
-        measured.error = "restoring up to 16 layers to float did not meet the rule on the calibration images"
-        return Candidate(replace(base.recipe, name=name, restores=True), staging, measured=measured)
-    _, kept_float = result
-    # The recipe that rebuilds it (a second cross-fitting fold): the base settings with those layers in float.
-    restored = replace(base.recipe, name=name, restores=True, summary=f"{base.recipe.summary}; {len(kept_float)} "
-                       "layers that hurt the answer most kept in float",
-                       ort=replace(base.recipe.ort, nodes_to_exclude=tuple(kept_float)))  # type: ignore[arg-type]
-    candidate = Candidate(restored, staging, measured=measured)
-    measured.extra["kept_float"] = len(kept_float)
-    open_candidate(ctx, candidate, ["model.onnx"], {})
-    judge_candidate(ctx, candidate)
-    return candidate
-
+    try:
+        models = fallback_models(ctx.source, work, ctx.calibration, base.recipe.ort, counts=COUNTS)  # type: ignore
+    except ExportError as e:
+        measured = Measured(name="onnx-int8", recipe=work.name, precision="int8", error=str(e)[:500],
+                            build_seconds=time.perf_counter() - started)
+        return [Candidate(replace(base.recipe, name=work.name, restores=True), work, measured=measured)]
+    seconds = (time.perf_counter() - started) / max(len(models), 1)
+    candidates = []
+    for path, kept in models:
+        name = f"{recipe.name}{len(kept)}({base.recipe.name})"
+        # The recipe that rebuilds it (a second cross-fitting fold): the base settings with those layers in float.
+        restored = replace(base.recipe, name=name, restores=True, summary=f"{base.recipe.summary}; the {len(kept)} "
+                           "layers whose INT8 costs the answer most kept in float",
+                           ort=replace(base.recipe.ort, nodes_to_exclude=kept))  # type: ignore[arg-type]
+        staging = ctx.work / name
+        staging.mkdir()
+        path.rename(staging / "model.onnx")
+        candidate = Candidate(restored, staging, measured=Measured(name="onnx-int8", recipe=name, precision="int8",
+                                                                   build_seconds=seconds))
+        candidate.measured.extra["kept_float"] = len(kept)  # type: ignore[union-attr]
+        open_candidate(ctx, candidate, ["model.onnx"], {})
+        judge_candidate(ctx, candidate)
+        candidates.append(candidate)
+    return candidates

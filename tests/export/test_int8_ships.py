@@ -123,3 +123,62 @@ def test_quantization_aware_distillation_is_bounded_and_its_artifact_equals_its_
         assert row["qad_export_max_abs_error"] < 1e-2  # the QDQ graph computes what the fake-quant model did
         assert row["qad_loss_last"] < row["qad_loss_first"]  # it learned
         assert np.isfinite(row["expected_drop"])
+
+
+def _damaged(model: Projected, channel: int = 5) -> Projected:
+    """One input channel of the projection made dead (the stem's BatchNorm bias far below zero, so the
+    ReLU before it always outputs 0) and its projection weights 1000: the float model does not notice,
+    but every per-channel weight scale of the projection then spans 1000 and its INT8 weights round to
+    nothing. The float model with it is the reference."""
+    out = copy.deepcopy(model)
+    with torch.no_grad():
+        out.stem[1].bias[channel] = -1e4
+        out.project[0].weight[:, channel] = 1000.0
+    return out
+
+
+def test_layer_fallback_keeps_the_costliest_layer_in_float_and_onnxruntime_keeps_it_float(trained, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    from edge_cls.export.onnx_export import export_onnx
+    from edge_cls.export.ort_fallback import fallback_models
+    from edge_cls.export.recipes import OrtQuantization
+
+    model, labels, (val, _), calibration = trained
+    fp32 = export_onnx(_damaged(model), SPEC, labels, tmp_path / "fp32.onnx")
+    graph = onnx.load(str(fp32)).graph
+    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
+    damaged = next(n.name for n in graph.node if n.op_type == "Conv" and shapes.get(n.input[1]) == (8, 16, 1, 1))
+    all_int8, kept = fallback_models(fp32, tmp_path, calibration, OrtQuantization(), counts=(0, 1))
+    assert kept[1] == (damaged,)  # ranked first: keeping it float helps the answer most
+
+    # ONNX Runtime's own graph optimizations leave it float (its WeightBiasQuantization pass would
+    # quantize its weights per tensor): no DequantizeLinear feeds its weight in the optimized graph.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(kept[0]), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx")).graph
+    producers = {out: n for n in optimized.node for out in n.output}
+    node = next(n for n in optimized.node if n.name == damaged)
+    assert node.input[1] not in producers, "the kept layer's weight is quantized after all"
+
+    def kl(path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        from edge_cls.predictions import softmax
+
+        p = softmax(_damaged(model)(torch.from_numpy(val[:200])).detach().numpy(), 1.0)
+        q = softmax(session.run(None, {"input": val[:200]})[0], 1.0)
+        return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+
+    assert kl(kept[0]) < kl(all_int8[0]) / 5  # and keeping it float repairs the damage
+
+
+def test_layer_fallback_ships_through_the_search(trained, tmp_path):
+    model = _damaged(trained[0])
+    artifacts = export(model, trained, tmp_path, formats=("onnx",), only=("ort-qdq-u8s8", "ort-restore"))
+    manifest = artifacts[0].manifest
+    rows = {row["recipe"]: row for row in manifest.search["candidates"]}
+    assert rows["ort-qdq-u8s8"]["verdict"] == "misses bar", rows
+    assert manifest.recipe.startswith("ort-restore") and manifest.parity["drop_high_points"] <= 0.3, rows
