@@ -67,6 +67,8 @@ def quantize_onnx_int8(
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     settings = settings or OrtQuantization()
+    if settings.bias_correction:
+        return _quantize_bias_corrected(fp32_path, out_path, calibration, input_name, settings, ranges)
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
     # Calibrate a few images at a time: ORT's calibrators keep every intermediate output of what they
@@ -105,6 +107,30 @@ def quantize_onnx_int8(
             raise ExportError(f"ONNX Runtime INT8 quantization of {fp32_path} failed ({type(e).__name__}: {e})") from e
     if settings.nodes_to_exclude:
         keep_float(out_path, settings.nodes_to_exclude)
+    copy_metadata(fp32_path, out_path)
+    return out_path
+
+
+def _quantize_bias_corrected(fp32_path: Path, out_path: Path, calibration: CalibrationSet, input_name: str,
+                             settings: OrtQuantization, ranges: Path | None) -> Path:
+    """Quantize, correct the FP32 biases for what that INT8 model does to each layer's mean, quantize the
+    corrected model with the same activation ranges (:mod:`edge_cls.export.bias_correction`)."""
+    from dataclasses import replace
+
+    from .bias_correction import correct_biases
+
+    plain = replace(settings, bias_correction=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        ranges = ranges or Path(tmp) / "ranges.json"
+        first = quantize_onnx_int8(fp32_path, Path(tmp) / "first.onnx", calibration, input_name=input_name,
+                                   settings=plain, ranges=ranges)
+        corrected = Path(tmp) / "corrected.onnx"
+        try:
+            moved = correct_biases(fp32_path, first, calibration, corrected, skip=settings.nodes_to_exclude)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise ExportError(f"bias correction of {fp32_path} failed ({type(e).__name__}: {e})") from e
+        logger.info("bias correction: %d biases moved", moved)
+        quantize_onnx_int8(corrected, out_path, calibration, input_name=input_name, settings=plain, ranges=ranges)
     copy_metadata(fp32_path, out_path)
     return out_path
 

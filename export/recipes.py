@@ -26,6 +26,7 @@ class OrtQuantization:
     calibration: str = "minmax"  # minmax | percentile (clips outliers; slow on large models) | entropy
     symmetric_activations: bool = False  # what TensorRT's explicit quantization needs
     nodes_to_exclude: tuple[str, ...] = ()  # kept in float (accuracy restoration fills this)
+    bias_correction: bool = False  # biases moved to cancel the mean error INT8 adds (export/bias_correction.py)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,6 +107,10 @@ def _onnx_recipes() -> list[Recipe]:
         Recipe(name="ort-qdq-u8s8-cle", format="onnx", precision="int8", restores=True, equalize=True,
                summary="cross-layer equalization of the FP32 graph, then static QDQ U8S8 per-channel, min-max",
                ort=OrtQuantization()),
+        Recipe(name="ort-qdq-u8s8-bc", format="onnx", precision="int8", restores=True,
+               summary="static QDQ U8S8 per-channel, min-max, with bias correction: each Conv/Gemm bias cancels the "
+               "mean error INT8 weights and inputs add to its output",
+               ort=OrtQuantization(bias_correction=True)),
         Recipe(name="ort-qad", format="onnx", precision="int8", restores=True, distill=Distillation(),
                summary="quantization-aware distillation: NNCF fake-quantized PyTorch model fine-tuned against the "
                "float model's soft targets, exported as QDQ"),
@@ -151,6 +156,9 @@ def _openvino_recipes() -> list[Recipe]:
         Recipe(name="ov-ort-qdq-cle", format="openvino", precision="int8", restores=True, equalize=True,
                summary="cross-layer equalization of the FP32 graph, then ONNX Runtime's QDQ U8S8 (min-max) converted "
                "to an IR", ort=OrtQuantization(), runtime={"inference_precision": "f32"}),
+        Recipe(name="ov-ort-qdq-bc", format="openvino", precision="int8", restores=True,
+               summary="ONNX Runtime's QDQ U8S8 model (min-max) with bias correction, converted to an IR",
+               ort=OrtQuantization(bias_correction=True), runtime={"inference_precision": "f32"}),
         Recipe(name="ov-qad", format="openvino", precision="int8", restores=True, distill=Distillation(),
                summary="quantization-aware distillation (as ort-qad), the QDQ graph compiled by OpenVINO",
                runtime={"inference_precision": "f32"}),

@@ -42,7 +42,7 @@ def recover(ctx: ExportContext, fmt: str, built: list[Candidate]) -> list[Candid
             continue  # the distillation's soft targets are a softmax: single-label models only
         logger.info("%s: building the restoring recipe %s", fmt, recipe.name)
         if recipe.name == "ort-restore":
-            extra.extend(restore_onnx(ctx, recipe, built))
+            extra.extend(restore_onnx(ctx, recipe, built + extra))  # may start from a restoring recipe
         else:
             candidate = build_candidate(ctx, recipe)
             judge_candidate(ctx, candidate)
@@ -73,8 +73,9 @@ def restore_onnx(ctx: ExportContext, recipe: Recipe, built: list[Candidate]) -> 
     other recipe (the ranking saw calibration images only)."""
     from .ort_fallback import COUNTS, fallback_models
 
-    tried = [c for c in built
-             if c.recipe.ort is not None and c.measured is not None and c.measured.evidence is not None]
+    tried = [c for c in built  # the fallback quantizes the source graph: no equalized or distilled base
+             if c.recipe.ort is not None and not c.recipe.equalize and c.recipe.distill is None
+             and c.measured is not None and c.measured.evidence is not None and c.classifier is not None]
     if not tried or ctx.calibration is None:
         return []
     fp32 = next(c for c in built if c.recipe.precision == "fp32")

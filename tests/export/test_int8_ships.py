@@ -182,3 +182,31 @@ def test_layer_fallback_ships_through_the_search(trained, tmp_path):
     rows = {row["recipe"]: row for row in manifest.search["candidates"]}
     assert rows["ort-qdq-u8s8"]["verdict"] == "misses bar", rows
     assert manifest.recipe.startswith("ort-restore") and manifest.parity["drop_high_points"] <= 0.3, rows
+
+
+def test_bias_correction_moves_only_biases_and_cancels_the_mean_error(trained, tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from edge_cls.export.onnx_export import export_onnx
+    from edge_cls.export.onnxruntime_export import quantize_onnx_int8
+    from edge_cls.export.recipes import OrtQuantization
+
+    model, labels, (val, _), calibration = trained
+    fp32 = export_onnx(model, SPEC, labels, tmp_path / "fp32.onnx")
+    models = {bc: quantize_onnx_int8(fp32, tmp_path / f"bc{bc}.onnx", calibration,
+                                     settings=OrtQuantization(bias_correction=bc)) for bc in (False, True)}
+    constants = {bc: {t.name: numpy_helper.to_array(t) for t in onnx.load(str(p)).graph.initializer}
+                 for bc, p in models.items()}
+    weights = [n for n in constants[False] if n.endswith("weight_quantized")]
+    biases = [n for n in constants[False] if n.endswith("bias_quantized")]
+    assert weights and all(np.array_equal(constants[False][n], constants[True][n]) for n in weights)
+    assert sum(not np.array_equal(constants[False][n], constants[True][n]) for n in biases) >= len(biases) - 1
+
+    def logits(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": val})[0]
+
+    reference = logits(fp32)
+    mean_error = {bc: float(np.abs((logits(p) - reference).mean(axis=0)).mean()) for bc, p in models.items()}
+    assert mean_error[True] < mean_error[False] / 2, mean_error  # on images it never saw
