@@ -111,6 +111,9 @@ def _onnx_recipes() -> list[Recipe]:
                summary="static QDQ U8S8 per-channel, min-max, with bias correction: each Conv/Gemm bias cancels the "
                "mean error INT8 weights and inputs add to its output",
                ort=OrtQuantization(bias_correction=True)),
+        Recipe(name="ort-qdq-u8s8-pct-bc", format="onnx", precision="int8", restores=True,
+               summary="static QDQ U8S8 per-channel, percentile calibration, with bias correction",
+               ort=OrtQuantization(calibration="percentile", bias_correction=True)),
         Recipe(name="ort-qad", format="onnx", precision="int8", restores=True, distill=Distillation(),
                summary="quantization-aware distillation: NNCF fake-quantized PyTorch model fine-tuned against the "
                "float model's soft targets, exported as QDQ"),
@@ -156,9 +159,10 @@ def _openvino_recipes() -> list[Recipe]:
         Recipe(name="ov-ort-qdq-cle", format="openvino", precision="int8", restores=True, equalize=True,
                summary="cross-layer equalization of the FP32 graph, then ONNX Runtime's QDQ U8S8 (min-max) converted "
                "to an IR", ort=OrtQuantization(), runtime={"inference_precision": "f32"}),
-        Recipe(name="ov-ort-qdq-bc", format="openvino", precision="int8", restores=True,
-               summary="ONNX Runtime's QDQ U8S8 model (min-max) with bias correction, converted to an IR",
-               ort=OrtQuantization(bias_correction=True), runtime={"inference_precision": "f32"}),
+        Recipe(name="ov-ort-qdq-pct-bc", format="openvino", precision="int8", restores=True,
+               summary="ONNX Runtime's QDQ U8S8 model (percentile calibration) with bias correction, converted to "
+               "an IR", ort=OrtQuantization(calibration="percentile", bias_correction=True),
+               runtime={"inference_precision": "f32"}),
         Recipe(name="ov-qad", format="openvino", precision="int8", restores=True, distill=Distillation(),
                summary="quantization-aware distillation (as ort-qad), the QDQ graph compiled by OpenVINO",
                runtime={"inference_precision": "f32"}),
