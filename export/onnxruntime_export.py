@@ -147,9 +147,17 @@ def keep_float(path: Path, nodes: tuple[str, ...] | list[str]) -> int:
     worse. The transformer matches a per-tensor input scale only: the kept node reads its input through
     its own DequantizeLinear with the same scale and zero point repeated per channel (axis 1), which
     computes the same values and keeps the node float in ONNX Runtime and in every other runtime."""
+    model = onnx.load(str(path))
+    changed = keep_float_in(model, nodes)
+    if changed:
+        onnx.save_model(model, str(path))
+    return changed
+
+
+def keep_float_in(model: onnx.ModelProto, nodes: tuple[str, ...] | list[str]) -> int:
+    """:func:`keep_float` on a model in memory."""
     from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
     graph = model.graph
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {i.name: i for i in graph.initializer}
@@ -173,8 +181,6 @@ def keep_float(path: Path, nodes: tuple[str, ...] | list[str]) -> int:
                                                      [names[2]], name=names[2], axis=1))
         node.input[0] = names[2]
         changed += 1
-    if changed:
-        onnx.save_model(model, str(path))
     return changed
 
 
