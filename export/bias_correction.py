@@ -113,7 +113,7 @@ def _input_means(model: onnx.ModelProto, nodes: list[onnx.NodeProto], layers: di
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    sums: dict[str, list[np.ndarray]] = {}
+    sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for start in range(0, len(calibration.array), BATCH):
         batch = calibration.array[start:start + BATCH]
         values = dict(zip(wanted, session.run(wanted, {graph_input: batch}))) if wanted else {}
@@ -122,17 +122,12 @@ def _input_means(model: onnx.ModelProto, nodes: list[onnx.NodeProto], layers: di
             x = values[node.input[0]].astype(np.float64)
             layer = layers[node.name]
             error = np.zeros_like(x) if layer.input_scale is None else _quantized(x, layer) - x
-            axes = tuple(k for k in range(x.ndim) if k != 1)
-            totals = sums.setdefault(node.name, [0.0, 0.0])  # type: ignore[list-item]
-            totals[0] = totals[0] + x.sum(axis=axes) / _per_image(x)
-            totals[1] = totals[1] + error.sum(axis=axes) / _per_image(x)
+            spatial = tuple(range(2, x.ndim))  # per image and channel first, then summed over the batch
+            totals = (x.mean(axis=spatial).sum(axis=0), error.mean(axis=spatial).sum(axis=0))
+            previous = sums.get(node.name)
+            sums[node.name] = totals if previous is None else (previous[0] + totals[0], previous[1] + totals[1])
     count = len(calibration.array)
-    return {name: (total[0] / count, total[1] / count) for name, total in sums.items()}
-
-
-def _per_image(x: np.ndarray) -> int:
-    """Elements per channel per image: a sum over them and the batch, divided by this, sums images."""
-    return int(np.prod([x.shape[k] for k in range(2, x.ndim)], dtype=np.int64)) or 1
+    return {name: (total_x / count, total_error / count) for name, (total_x, total_error) in sums.items()}
 
 
 def _quantized(x: np.ndarray, layer: _Layer) -> np.ndarray:

@@ -22,6 +22,7 @@ import onnx
 
 from edge_cls.calibration_data import CalibrationSet
 from edge_cls.predictions import softmax
+from edge_cls.quality.acceptance import kl_divergence
 
 from .onnxruntime_export import keep_float_in, quantize_onnx_int8
 from .recipes import OrtQuantization
@@ -115,8 +116,7 @@ def _logits(model: str | bytes, batch: np.ndarray) -> np.ndarray:
 
 
 def _kl(reference_probabilities: np.ndarray, logits: np.ndarray) -> float:
-    p, q = reference_probabilities, softmax(logits, 1.0)
-    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+    return kl_divergence(reference_probabilities, softmax(logits, 1.0))
 
 
 def fallback_models(fp32_path: Path, out_dir: Path, calibration: CalibrationSet, settings: OrtQuantization, *,
@@ -126,8 +126,7 @@ def fallback_models(fp32_path: Path, out_dir: Path, calibration: CalibrationSet,
     Bounded: one calibration, one ranking, ``len(counts)`` quantizations with the stored ranges. Which
     one ships is the search's call, on check images that neither calibrated nor ranked them."""
     with tempfile.TemporaryDirectory() as tmp:
-        ranges = Path(tmp) / "ranges.json"
-        quantize_onnx_int8(fp32_path, Path(tmp) / "all.onnx", calibration, settings=settings, ranges=ranges)
+        ranges = Path(tmp) / "ranges.json"  # written by the ranking's first quantization, read by the rest
         ranking = rank_by_sensitivity(fp32_path, calibration, settings, ranges)
         models = []
         for count in counts:

@@ -143,7 +143,7 @@ def measure(reference_logits: np.ndarray, candidate_logits: np.ndarray, *, tempe
     cost = change_costs(p_ref, cand_top)
     confident = p_ref.max(1) >= CONFIDENT
     low, high = _bootstrap_interval(cost, groups, rule)
-    kl = float(np.mean(np.sum(p_ref * (np.log(p_ref + 1e-12) - np.log(p_cand + 1e-12)), axis=1)))
+    kl = kl_divergence(p_ref, p_cand)
     figures = dict(
         images=n, pictures=len(np.unique(groups)), flips=int((ref_top != cand_top).sum()),
         agreement=float((ref_top == cand_top).mean()), confident_images=int(confident.sum()),
@@ -153,6 +153,12 @@ def measure(reference_logits: np.ndarray, candidate_logits: np.ndarray, *, tempe
     if targets is not None and np.asarray(targets).ndim == 1:
         figures.update(_labelled(ref_top == targets, cand_top == targets))
     return Evidence(**figures)
+
+
+def kl_divergence(reference_probabilities: np.ndarray, candidate_probabilities: np.ndarray) -> float:
+    """Mean over images of KL(reference || candidate), in nats."""
+    p, q = reference_probabilities, candidate_probabilities
+    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
 
 
 def _labelled(ref_right: np.ndarray, cand_right: np.ndarray) -> dict[str, float | int | bool]:

@@ -165,12 +165,12 @@ def test_layer_fallback_keeps_the_costliest_layer_in_float_and_onnxruntime_keeps
     assert node.input[1] not in producers, "the kept layer's weight is quantized after all"
 
     def kl(path):
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         from edge_cls.predictions import softmax
+        from edge_cls.quality.acceptance import kl_divergence
 
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         p = softmax(_damaged(model)(torch.from_numpy(val[:200])).detach().numpy(), 1.0)
-        q = softmax(session.run(None, {"input": val[:200]})[0], 1.0)
-        return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=1)))
+        return kl_divergence(p, softmax(session.run(None, {"input": val[:200]})[0], 1.0))
 
     assert kl(kept[0]) < kl(all_int8[0]) / 5  # and keeping it float repairs the damage
 
