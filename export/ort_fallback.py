@@ -2,11 +2,15 @@
 
 Calibrated once: the activation ranges of the first quantization are kept in ONNX Runtime's calibration
 cache, and every later quantization reuses them (recalibrating at every step took 17 minutes on
-EfficientNet-Lite1). Ranked once, by leave-one-out sensitivity: each Conv/Gemm alone kept in float, and
+EfficientNet-Lite1). Ranked once, by leave-one-out sensitivity of *units*: a layer alone (its weights in
+float), or a layer with the layers that read its output (their weights and the activation between them in
+float: a tensor is only left unquantized where its writer and its readers all run in float). Each unit is
 scored by how much closer the model's probabilities come to the float model's on calibration images (KL).
-Measured on EfficientNet-Lite1 and real photos, the first layers (stem, first depthwise and pointwise
-convs) matter most; the error each layer adds at its own output, which this ranked by before, put them
-near the bottom. Written here because ORT's ``qdq_loss_debug`` compares tensors, not answers.
+Measured on EfficientNet-Lite1 and real photos: the stem's output is the
+costliest tensor, which no layer alone reveals (stem alone 0.044 -> 0.036 KL, stem with the depthwise conv
+that reads it 0.010); a float region is also faster than the same layers kept apart, each between a
+DequantizeLinear and a QuantizeLinear. Written here because ORT's ``qdq_loss_debug`` compares tensors,
+not answers.
 """
 
 from __future__ import annotations
@@ -31,78 +35,132 @@ logger = logging.getLogger(__name__)
 
 RANKED_OPS = ("Conv", "Gemm", "MatMul")
 RANKING_IMAGES = 64  # calibration images each leave-one-out model is scored on
-RANKING_SECONDS = 600.0  # the ranking stops scoring here; the nodes left unscored rank last, in graph order
-COUNTS = (1, 2, 4, 8)  # how many layers to keep in float: one candidate each
+RANKING_SECONDS = 600.0  # the ranking stops scoring here; the units left unscored rank last, in graph order
+COUNTS = (1, 2, 4, 8)  # how many of the top units to keep in float: one candidate each
 
 
 def rank_by_sensitivity(fp32_path: Path, calibration: CalibrationSet, settings: OrtQuantization, ranges: Path, *,
-                        images: int = RANKING_IMAGES, max_seconds: float = RANKING_SECONDS) -> list[str]:
-    """Names of the Conv/Gemm/MatMul nodes of ``fp32_path``, the one whose INT8 costs most first: each is
-    kept in float alone and scored by how much it lowers the KL between the float and the quantized
-    model's probabilities on ``images`` calibration images. Bounded by ``max_seconds``: nodes not scored
-    by then rank last, in graph order.
+                        images: int = RANKING_IMAGES, max_seconds: float = RANKING_SECONDS) -> list[tuple[str, ...]]:
+    """Units of Conv/Gemm/MatMul node names of ``fp32_path`` (see the module), the one whose INT8 costs
+    most first: each is kept in float alone and scored by how much it lowers the KL between the float
+    and the quantized model's probabilities on ``images`` calibration images. Bounded by ``max_seconds``:
+    units not scored by then rank last, in graph order.
 
-    A layer is kept in float by editing the one quantized graph (its float weight and bias back in
-    place of their DequantizeLinear, :func:`keep_float_in` for its input): what ORT's quantizer does
-    with ``nodes_to_exclude`` and the same ranges, without a quantization per layer (64 of those took
-    3 minutes on Lite1). Where the graph has no such layer (QOperator), it quantizes with the stored
-    ``ranges`` instead."""
+    A unit is kept in float by editing the one quantized graph into what quantization with it in
+    ``nodes_to_exclude`` makes (:func:`_with_float_unit`), not by a quantization per unit (64 of those
+    took 3 minutes on Lite1). Where the graph has no Q/DQ pairs (QOperator), units are single layers,
+    each quantized with the stored ``ranges``."""
     settings = replace(settings, bias_correction=False)  # the order only: plain INT8 ranks as well, 3x cheaper
     float_model = onnx.load(str(fp32_path))
-    nodes = [n.name for n in float_model.graph.node if n.op_type in RANKED_OPS and n.name]
     batch = calibration.array[:images]
     reference = softmax(_logits(str(fp32_path), batch), 1.0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) / "ranked.onnx"
         quantized = onnx.load(str(quantize_onnx_int8(fp32_path, work, calibration, settings=settings, ranges=ranges)))
+        units = float_units(quantized, float_model)
         baseline = _kl(reference, _logits(quantized.SerializeToString(), batch))
-        gains: dict[str, float] = {}
+        gains: dict[tuple[str, ...], float] = {}
         started = time.perf_counter()
-        for name in nodes:
+        for unit in units:
             if time.perf_counter() - started > max_seconds:
-                logger.warning("layer ranking stopped after %.0f s: %d of %d layers scored, the rest rank last",
-                               max_seconds, len(gains), len(nodes))
+                logger.warning("layer ranking stopped after %.0f s: %d of %d units scored, the rest rank last",
+                               max_seconds, len(gains), len(units))
                 break
-            variant = _with_float_layer(quantized, float_model, name)
+            variant = _with_float_unit(quantized, float_model, unit)
             if variant is None:
                 variant = str(quantize_onnx_int8(fp32_path, work, calibration, ranges=ranges,
-                                                 settings=replace(settings, nodes_to_exclude=(name,))))
-            gains[name] = baseline - _kl(reference, _logits(variant, batch))
-    return sorted(gains, key=lambda n: -gains[n]) + [n for n in nodes if n not in gains]
+                                                 settings=replace(settings, nodes_to_exclude=unit)))
+            gains[unit] = baseline - _kl(reference, _logits(variant, batch))
+    return sorted(gains, key=lambda u: -gains[u]) + [u for u in units if u not in gains]
 
 
-def _with_float_layer(quantized: onnx.ModelProto, float_model: onnx.ModelProto, name: str) -> bytes | None:
-    """The quantized graph with layer ``name``'s weight (and bias) back in float, serialized; None where
-    the graph has no such layer with a dequantized constant weight."""
-    from onnx import numpy_helper
+def float_units(quantized: onnx.ModelProto, float_model: onnx.ModelProto) -> list[tuple[str, ...]]:
+    """The units the ranking scores, in graph order: every Conv/Gemm/MatMul of ``float_model`` alone, then
+    every quantized activation of ``quantized`` written by one of them and read by such layers only, as
+    its writer and readers."""
+    names = {n.name for n in float_model.graph.node if n.op_type in RANKED_OPS and n.name}
+    units = {(n.name,): None for n in float_model.graph.node if n.name in names}
+    graph = quantized.graph
+    constants = {t.name for t in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    for q in graph.node:
+        writer = producers.get(q.input[0])
+        if q.op_type != "QuantizeLinear" or q.input[0] in constants or writer is None or writer.name not in names:
+            continue
+        dqs = readers.get(q.output[0], [])
+        layers = [r for dq in dqs for r in readers.get(dq.output[0], [])]
+        if layers and all(dq.op_type == "DequantizeLinear" for dq in dqs) and all(r.name in names for r in layers):
+            units.setdefault(tuple(dict.fromkeys([writer.name] + [r.name for r in layers])), None)
+    return list(units)
 
-    layer = next((n for n in quantized.graph.node if n.name == name and n.op_type in RANKED_OPS), None)
-    source = next(n for n in float_model.graph.node if n.name == name)
-    constants = {t.name for t in quantized.graph.initializer}
-    producers = {out: n for n in quantized.graph.node for out in n.output}
-    if layer is None or len(layer.input) != len(source.input):
-        return None
-    dequantized = [producers.get(layer.input[i]) for i in range(1, len(layer.input))]
-    if any(dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in constants for dq in dequantized):
-        return None
-    float_constants = {t.name: t for t in float_model.graph.initializer}
-    shapes = {t.name: tuple(t.dims) for t in quantized.graph.initializer}
-    if any(source.input[i] not in float_constants
-           or tuple(float_constants[source.input[i]].dims) != shapes[dq.input[0]]
-           for i, dq in enumerate(dequantized, start=1)):
-        return None
+
+def _with_float_unit(quantized: onnx.ModelProto, float_model: onnx.ModelProto, unit: tuple[str, ...]) -> bytes | None:
+    """The quantized graph as ORT's quantizer makes it with ``unit`` in ``nodes_to_exclude``, serialized: the
+    unit's float weights (and biases) back, and every activation that the unit writes (or the graph
+    input) and only the unit reads left unquantized (with the activation function the quantizer had folded
+    into its range, where it had); None where a layer has no dequantized constant weight to restore."""
+    from onnx import helper, numpy_helper
+
     model = onnx.ModelProto.FromString(quantized.SerializeToString())
-    layer = next(n for n in model.graph.node if n.name == name)
-    for i in range(1, len(layer.input)):
-        values = numpy_helper.to_array(float_constants[source.input[i]])
-        layer.input[i] = f"{name}_float_{i}"
-        model.graph.initializer.append(numpy_helper.from_array(values, layer.input[i]))
-    used = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
-    kept = [n for n in model.graph.node if n.op_type != "DequantizeLinear" or n.output[0] in used]
-    del model.graph.node[:]
-    model.graph.node.extend(kept)
-    keep_float_in(model, [name])
+    graph = model.graph
+    constants = {t.name: t for t in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    float_nodes = {n.name: n for n in float_model.graph.node}
+    float_producers = {out: n for n in float_model.graph.node for out in n.output}
+    float_constants = {t.name: t for t in float_model.graph.initializer}
+    for name in unit:
+        layer = next((n for n in graph.node if n.name == name and n.op_type in RANKED_OPS), None)
+        source = float_nodes[name]
+        if layer is None or len(layer.input) != len(source.input):
+            return None
+        for i in range(1, len(layer.input)):
+            dq, weight = producers.get(layer.input[i]), float_constants.get(source.input[i])
+            if (dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in constants or weight is None
+                    or tuple(weight.dims) != tuple(constants[dq.input[0]].dims)):
+                return None
+            layer.input[i] = f"{name}_float_{i}"
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weight), layer.input[i]))
+    present = {n.name for n in graph.node}
+    quantizable = _quantized_op_types()
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants]:
+        dqs = [n for n in graph.node if n.input and n.input[0] == q.output[0]]
+        readers = [n for dq in dqs for n in graph.node if dq.output[0] in n.input]
+        writer = producers.get(q.input[0])
+        if (any(dq.op_type != "DequantizeLinear" for dq in dqs) or writer is not None and writer.name not in unit
+                or any(r.name not in unit and r.op_type in quantizable for r in readers)):
+            continue  # ORT quantizes a tensor that a quantized node writes or reads
+        folded = float_producers.get(q.input[0])  # a Relu/Clip the quantizer removed, its range standing in for it
+        for dq in dqs:
+            position = list(graph.node).index(dq)
+            if folded is not None and folded.name not in present and len(folded.input) >= 1:
+                node = onnx.NodeProto.FromString(folded.SerializeToString())
+                node.input[0], node.output[0], node.name = q.input[0], dq.output[0], f"{dq.output[0]}_unfolded"
+                for extra in node.input[1:]:
+                    if extra and extra not in constants and extra in float_constants:
+                        graph.initializer.append(float_constants[extra])
+                        constants[extra] = float_constants[extra]
+            else:
+                node = helper.make_node("Identity", [q.input[0]], [dq.output[0]], name=f"{dq.output[0]}_float")
+            graph.node.insert(position, node)
+            graph.node.remove(dq)
+        graph.node.remove(q)
+    keep_float_in(model, list(unit))
+    used = {x for n in graph.node for x in n.input} | {o.name for o in graph.output}
+    kept = [n for n in graph.node if n.op_type not in ("DequantizeLinear", "QuantizeLinear") or n.output[0] in used]
+    del graph.node[:]
+    graph.node.extend(kept)
     return model.SerializeToString()
+
+
+def _quantized_op_types() -> set[str]:
+    """The op types ORT's quantizer quantizes by default (``quantize_static`` with no ``op_types_to_quantize``)."""
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QDQRegistry) | set(QLinearOpsRegistry)
 
 
 def _logits(model: str | bytes, batch: np.ndarray) -> np.ndarray:
@@ -121,18 +179,22 @@ def _kl(reference_probabilities: np.ndarray, logits: np.ndarray) -> float:
 
 def fallback_models(fp32_path: Path, out_dir: Path, calibration: CalibrationSet, settings: OrtQuantization, *,
                     counts: tuple[int, ...] = COUNTS) -> list[tuple[Path, tuple[str, ...]]]:
-    """One model per count in ``counts``: quantized with ``settings`` and that many of the costliest layers
-    (ranked once by :func:`rank_by_sensitivity`) kept in float, written to ``out_dir/keep{count}.onnx``.
+    """One model per count in ``counts``: quantized with ``settings`` and the layers of that many of the
+    costliest units (ranked once by :func:`rank_by_sensitivity`) kept in float, written to
+    ``out_dir/keep{count}.onnx``, with the names of the layers kept (a count that adds none is skipped).
     Bounded: one calibration, one ranking, ``len(counts)`` quantizations with the stored ranges. Which
     one ships is the search's call, on check images that neither calibrated nor ranked them."""
     with tempfile.TemporaryDirectory() as tmp:
         ranges = Path(tmp) / "ranges.json"  # written by the ranking's first quantization, read by the rest
         ranking = rank_by_sensitivity(fp32_path, calibration, settings, ranges)
-        models = []
+        models, seen = [], set()
         for count in counts:
             if count > len(ranking):
                 break
-            kept = tuple(ranking[:count])
+            kept = tuple(dict.fromkeys(name for unit in ranking[:count] for name in unit))
+            if kept in seen:
+                continue
+            seen.add(kept)
             models.append((quantize_onnx_int8(fp32_path, out_dir / f"keep{count}.onnx", calibration, ranges=ranges,
                                               settings=replace(settings, nodes_to_exclude=kept)), kept))
     return models

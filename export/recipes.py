@@ -118,9 +118,10 @@ def _onnx_recipes() -> list[Recipe]:
                summary="quantization-aware distillation: NNCF fake-quantized PyTorch model fine-tuned against the "
                "float model's soft targets, exported as QDQ"),
         Recipe(name="ort-restore", format="onnx", precision="int8", restores=True,
-               summary="the most accurate ORT-quantizer recipe with the layers that hurt the answer most kept in "
-               "float, 1, 2, 4, 8, 16 of them, ranked once by the error each adds, quantized with the ranges of one "
-               "calibration (bounded)"),
+               summary="the most accurate ORT-quantizer recipe with the units that hurt the answer most kept in "
+               "float (a layer, or a layer and the layers reading its output, with the activation between them), "
+               "the top 1, 2, 4, 8, ranked once by leave-one-out KL on calibration images, quantized with the ranges "
+               "of one calibration (bounded)"),
     ]
 
 

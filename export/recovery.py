@@ -2,8 +2,8 @@
 format miss the acceptance rule (or always, where the caller asks, as ``edge-cls build`` does).
 
 Each is a named recipe in the search, measured and timed like the others (:mod:`.recipes`):
-layer fallback on ONNX Runtime (calibrated once, layers ranked once by what each costs the answer,
-one candidate per number of layers kept in float), NNCF accuracy control and channel alignment on
+layer fallback on ONNX Runtime (calibrated once, layers and float regions ranked once by what each
+costs the answer, one candidate per number of them kept in float), NNCF accuracy control and channel alignment on
 OpenVINO, cross-layer equalization before either quantizer, and quantization-aware distillation.
 The ONNX Runtime fallback ranks its layers on the calibration images, so the check images stay unseen
 until the search judges its candidates.
@@ -68,9 +68,9 @@ def _faster_than_fp32(ctx: ExportContext, tried: list[Candidate], fp32: Candidat
 
 
 def restore_onnx(ctx: ExportContext, recipe: Recipe, built: list[Candidate]) -> list[Candidate]:
-    """ONNX Runtime: the best ORT-quantizer recipe with its costliest layers kept in float, one candidate
-    per count in :data:`~edge_cls.export.ort_fallback.COUNTS`, each judged on the check images like any
-    other recipe (the ranking saw calibration images only)."""
+    """ONNX Runtime: the best ORT-quantizer recipe with its costliest units kept in float, one candidate
+    per count in :data:`~edge_cls.export.ort_fallback.COUNTS`, named by the number of layers it keeps,
+    each judged on the check images like any other recipe (the ranking saw calibration images only)."""
     from .ort_fallback import COUNTS, fallback_models
 
     tried = [c for c in built  # the fallback quantizes the source graph: no equalized or distilled base
