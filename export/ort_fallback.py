@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 RANKED_OPS = ("Conv", "Gemm", "MatMul")
 RANKING_IMAGES = 64  # calibration images each leave-one-out model is scored on
 RANKING_SECONDS = 600.0  # the ranking stops scoring here; the units left unscored rank last, in graph order
+# ORT quantizes these ops' outputs only where their input is already quantized (its "direct 8-bit" ops)
+PASS_THROUGH = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "MaxPool", "Slice", "Split",
+                          "Gather", "GatherElements", "Pad", "Resize", "Relu", "Clip"})
 COUNTS = (1, 2, 4, 8)  # how many of the top units to keep in float: one candidate each
 
 
@@ -66,20 +69,28 @@ def rank_by_sensitivity(fp32_path: Path, calibration: CalibrationSet, settings: 
                 logger.warning("layer ranking stopped after %.0f s: %d of %d units scored, the rest rank last",
                                max_seconds, len(gains), len(units))
                 break
-            variant = _with_float_unit(quantized, float_model, unit)
-            if variant is None:
+            gain = None
+            try:
+                variant = _with_float_unit(quantized, float_model, unit)
+                if variant is not None:
+                    gain = baseline - _kl(reference, _logits(variant, batch))
+            except Exception as e:  # an edit ONNX Runtime rejects: never the export's end, quantize instead
+                logger.debug("unit %s: graph edit failed (%s), quantizing with it excluded", unit, e)
+            if gain is None:
                 variant = str(quantize_onnx_int8(fp32_path, work, calibration, ranges=ranges,
                                                  settings=replace(settings, nodes_to_exclude=unit)))
-            gains[unit] = baseline - _kl(reference, _logits(variant, batch))
+                gain = baseline - _kl(reference, _logits(variant, batch))
+            gains[unit] = gain
     return sorted(gains, key=lambda u: -gains[u]) + [u for u in units if u not in gains]
 
 
 def float_units(quantized: onnx.ModelProto, float_model: onnx.ModelProto) -> list[tuple[str, ...]]:
-    """The units the ranking scores, in graph order: every Conv/Gemm/MatMul of ``float_model`` alone, then
-    every quantized activation of ``quantized`` written by one of them and read by such layers only, as
-    its writer and readers."""
+    """The units the ranking scores, in graph order (a region right after its writer alone, so a time cap
+    cuts late layers, not regions): every Conv/Gemm/MatMul of ``float_model`` alone, and every quantized
+    activation of ``quantized`` written by one of them and read by such layers only, as its writer and
+    readers."""
     names = {n.name for n in float_model.graph.node if n.op_type in RANKED_OPS and n.name}
-    units = {(n.name,): None for n in float_model.graph.node if n.name in names}
+    regions: dict[str, list[tuple[str, ...]]] = {}
     graph = quantized.graph
     constants = {t.name for t in graph.initializer}
     producers = {out: n for n in graph.node for out in n.output}
@@ -88,13 +99,20 @@ def float_units(quantized: onnx.ModelProto, float_model: onnx.ModelProto) -> lis
         for name in node.input:
             readers.setdefault(name, []).append(node)
     for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in constants:
+            continue
         writer = producers.get(q.input[0])
-        if q.op_type != "QuantizeLinear" or q.input[0] in constants or writer is None or writer.name not in names:
+        if writer is None or writer.name not in names:
             continue
         dqs = readers.get(q.output[0], [])
         layers = [r for dq in dqs for r in readers.get(dq.output[0], [])]
         if layers and all(dq.op_type == "DequantizeLinear" for dq in dqs) and all(r.name in names for r in layers):
-            units.setdefault(tuple(dict.fromkeys([writer.name] + [r.name for r in layers])), None)
+            regions.setdefault(writer.name, []).append(tuple(dict.fromkeys([writer.name] + [r.name for r in layers])))
+    units = {}
+    for node in float_model.graph.node:
+        if node.name in names:
+            units[(node.name,)] = None
+            units.update(dict.fromkeys(regions.get(node.name, [])))
     return list(units)
 
 
@@ -130,17 +148,23 @@ def _with_float_unit(quantized: onnx.ModelProto, float_model: onnx.ModelProto, u
         dqs = [n for n in graph.node if n.input and n.input[0] == q.output[0]]
         readers = [n for dq in dqs for n in graph.node if dq.output[0] in n.input]
         writer = producers.get(q.input[0])
-        if (any(dq.op_type != "DequantizeLinear" for dq in dqs) or writer is not None and writer.name not in unit
-                or any(r.name not in unit and r.op_type in quantizable for r in readers)):
+        if (any(dq.op_type != "DequantizeLinear" for dq in dqs)
+                or writer is not None and writer.name not in unit and _quantizes(writer, producers, quantizable)
+                or any(r.name not in unit and r.op_type in quantizable and r.op_type not in PASS_THROUGH
+                       for r in readers)):
             continue  # ORT quantizes a tensor that a quantized node writes or reads
         folded = float_producers.get(q.input[0])  # a Relu/Clip the quantizer removed, its range standing in for it
+        if folded is not None and folded.name not in present and folded.op_type not in ("Relu", "Clip"):
+            return None  # fused by ORT's pre-processing (BatchNormalization, Add): not a range to undo
         for dq in dqs:
             position = list(graph.node).index(dq)
-            if folded is not None and folded.name not in present and len(folded.input) >= 1:
+            if folded is not None and folded.name not in present:
                 node = onnx.NodeProto.FromString(folded.SerializeToString())
                 node.input[0], node.output[0], node.name = q.input[0], dq.output[0], f"{dq.output[0]}_unfolded"
                 for extra in node.input[1:]:
-                    if extra and extra not in constants and extra in float_constants:
+                    if extra and extra not in constants:
+                        if extra not in float_constants:
+                            return None
                         graph.initializer.append(float_constants[extra])
                         constants[extra] = float_constants[extra]
             else:
@@ -154,6 +178,17 @@ def _with_float_unit(quantized: onnx.ModelProto, float_model: onnx.ModelProto, u
     del graph.node[:]
     graph.node.extend(kept)
     return model.SerializeToString()
+
+
+def _quantizes(writer: onnx.NodeProto, producers: dict[str, onnx.NodeProto], quantizable: set[str]) -> bool:
+    """Whether ORT's quantizer quantizes what ``writer`` (kept out of the unit) writes: a quantized op
+    does, a pass-through op (Reshape, MaxPool, ...) only where its own input is quantized."""
+    if writer.op_type not in quantizable:
+        return False
+    if writer.op_type not in PASS_THROUGH:
+        return True
+    source = producers.get(writer.input[0]) if writer.input else None
+    return source is not None and source.op_type == "DequantizeLinear"
 
 
 def _quantized_op_types() -> set[str]:

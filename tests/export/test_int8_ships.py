@@ -199,14 +199,11 @@ def test_the_ranking_keeps_a_unit_in_float_as_the_quantizer_does(trained, tmp_pa
         return session.run(None, {"input": val[:200]})[0]
 
     all_int8 = logits(str(tmp_path / "int8.onnx"))
-    # the input read by the stem alone, an activation between two layers, a layer alone, the classifier
-    for unit in (units[0], regions[0], units[2], units[len(units) - len(regions) - 1]):
+    for unit in units:  # the stem (and the input only it reads), layers alone, regions, the classifier
         edited = logits(_with_float_unit(quantized, onnx.load(str(fp32)), unit))
         excluded = logits(str(quantize_onnx_int8(fp32, tmp_path / "excluded.onnx", calibration, ranges=ranges,
                                                  settings=OrtQuantization(nodes_to_exclude=unit))))
-        assert np.abs(edited - excluded).mean() < np.abs(all_int8 - excluded).mean() / 4, unit
-        if "linear" not in "".join(unit):  # the convolutions' units: the same graph, the same numbers
-            assert np.abs(edited - excluded).max() < 1e-5, unit
+        assert np.abs(edited - excluded).max() < 1e-5 < np.abs(all_int8 - excluded).max(), unit  # same graph
 
 
 def test_layer_fallback_ships_through_the_search(trained, tmp_path):
