@@ -121,27 +121,16 @@ def _with_float_unit(quantized: onnx.ModelProto, float_model: onnx.ModelProto, u
     unit's float weights (and biases) back, and every activation that the unit writes (or the graph
     input) and only the unit reads left unquantized (with the activation function the quantizer had folded
     into its range, where it had); None where a layer has no dequantized constant weight to restore."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     model = onnx.ModelProto.FromString(quantized.SerializeToString())
     graph = model.graph
+    if not _restore_float_weights(graph, float_model, unit):
+        return None
     constants = {t.name: t for t in graph.initializer}
     producers = {out: n for n in graph.node for out in n.output}
-    float_nodes = {n.name: n for n in float_model.graph.node}
     float_producers = {out: n for n in float_model.graph.node for out in n.output}
     float_constants = {t.name: t for t in float_model.graph.initializer}
-    for name in unit:
-        layer = next((n for n in graph.node if n.name == name and n.op_type in RANKED_OPS), None)
-        source = float_nodes[name]
-        if layer is None or len(layer.input) != len(source.input):
-            return None
-        for i in range(1, len(layer.input)):
-            dq, weight = producers.get(layer.input[i]), float_constants.get(source.input[i])
-            if (dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in constants or weight is None
-                    or tuple(weight.dims) != tuple(constants[dq.input[0]].dims)):
-                return None
-            layer.input[i] = f"{name}_float_{i}"
-            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weight), layer.input[i]))
     present = {n.name for n in graph.node}
     quantizable = _quantized_op_types()
     for q in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in constants]:
@@ -178,6 +167,30 @@ def _with_float_unit(quantized: onnx.ModelProto, float_model: onnx.ModelProto, u
     del graph.node[:]
     graph.node.extend(kept)
     return model.SerializeToString()
+
+
+def _restore_float_weights(graph: onnx.GraphProto, float_model: onnx.ModelProto, unit: tuple[str, ...]) -> bool:
+    """Each layer of ``unit`` in ``graph`` reads its float weight (and bias) again instead of its
+    DequantizeLinear; False where one has no dequantized constant of the float one's shape."""
+    from onnx import numpy_helper
+
+    constants = {t.name: t for t in graph.initializer}
+    producers = {out: n for n in graph.node for out in n.output}
+    float_nodes = {n.name: n for n in float_model.graph.node}
+    float_constants = {t.name: t for t in float_model.graph.initializer}
+    for name in unit:
+        layer = next((n for n in graph.node if n.name == name and n.op_type in RANKED_OPS), None)
+        source = float_nodes[name]
+        if layer is None or len(layer.input) != len(source.input):
+            return False
+        for i in range(1, len(layer.input)):
+            dq, weight = producers.get(layer.input[i]), float_constants.get(source.input[i])
+            if (dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in constants or weight is None
+                    or tuple(weight.dims) != tuple(constants[dq.input[0]].dims)):
+                return False
+            layer.input[i] = f"{name}_float_{i}"
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(weight), layer.input[i]))
+    return True
 
 
 def _quantizes(writer: onnx.NodeProto, producers: dict[str, onnx.NodeProto], quantizable: set[str]) -> bool:
